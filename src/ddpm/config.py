@@ -1,0 +1,35 @@
+"""Config helpers: user-facing errors, OmegaConf resolvers and plain-value conversion."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+
+class UserError(Exception):
+    """Bad input from the user: printed as one line, with what to do, and the run exits with status 2."""
+
+
+class ConfigError(UserError, ValueError):
+    """The composed config can't produce a valid run."""
+
+
+def _div(a: Any, b: Any) -> int:
+    """`${div:${data.image_size},2}`: attention resolutions follow the data's image size."""
+    a, b = int(a), int(b)
+    if b <= 0 or a % b:
+        raise ConfigError(f"resolver div: {a} is not divisible by {b}")
+    return a // b
+
+
+def register_resolvers() -> None:
+    if not OmegaConf.has_resolver("div"):
+        OmegaConf.register_new_resolver("div", _div)
+
+
+def to_plain(cfg: Any) -> Any:
+    """A resolved DictConfig/ListConfig as plain dicts/lists (what checkpoints may hold)."""
+    if isinstance(cfg, (DictConfig, ListConfig)):
+        return OmegaConf.to_container(cfg, resolve=True)
+    return cfg

@@ -1,0 +1,273 @@
+"""LightningDataModules that yield image batches (B, C, H, W) scaled to [-1, 1].
+
+Every data set goes through `ImageDataModule`: a full data set, a seeded train/val split, optional
+random horizontal flips on the training part, and loaders. Subclasses only say how to load the images.
+`check()` runs before any training so a missing or corrupt data set fails with one message that says
+what to do, instead of a traceback from deep inside a worker.
+"""
+
+from __future__ import annotations
+
+import gzip
+import shutil
+from pathlib import Path
+from typing import Sequence
+
+import lightning.pytorch as pl
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset, Subset, random_split
+from torchvision import transforms as T
+
+
+class DataError(RuntimeError):
+    """A data set is missing, incomplete or unreadable; the message says what to do."""
+
+
+class _Flip(Dataset):
+    """Random horizontal flip applied on top of a data set that yields tensors (or (tensor, label))."""
+
+    def __init__(self, base: Dataset, p: float) -> None:
+        self.base, self.p = base, p
+
+    def __len__(self) -> int:
+        return len(self.base)  # type: ignore[arg-type]
+
+    def __getitem__(self, i: int) -> Tensor:
+        x = _image(self.base[i])
+        return x.flip(-1) if torch.rand(()) < self.p else x
+
+
+def _image(item) -> Tensor:
+    """Data sets yield an image or (image, label); the diffusion only needs the image."""
+    return item[0] if isinstance(item, (tuple, list)) else item
+
+
+class _Images(Dataset):
+    """Drops labels so every batch is a plain image tensor."""
+
+    def __init__(self, base: Dataset) -> None:
+        self.base = base
+
+    def __len__(self) -> int:
+        return len(self.base)  # type: ignore[arg-type]
+
+    def __getitem__(self, i: int) -> Tensor:
+        return _image(self.base[i])
+
+
+def to_minus_one_one(image_size: int, native_size: int, channels: int) -> T.Compose:
+    """PIL image -> tensor in [-1, 1]; resized only when `image_size` differs from the native size."""
+    steps: list = [T.Resize(image_size, antialias=True), T.CenterCrop(image_size)] if image_size != native_size else []
+    steps += [T.ToTensor(), T.Normalize([0.5] * channels, [0.5] * channels)]
+    return T.Compose(steps)
+
+
+class ImageDataModule(pl.LightningDataModule):
+    """Base class: subclasses implement `load()` (the full data set) and may override `check()`."""
+
+    native_size: int = 0
+
+    def __init__(
+        self,
+        root: str,
+        image_size: int,
+        channels: int,
+        batch_size: int,
+        val_fraction: float = 0.05,
+        random_flip: bool = False,
+        num_workers: int = 0,
+        split_seed: int = 0,
+        pin_memory: bool = False,
+        name: str = "",
+    ) -> None:
+        super().__init__()
+        if not 0.0 < val_fraction < 1.0:
+            raise ValueError(f"data.val_fraction must be in (0, 1), got {val_fraction}")
+        self.root = Path(root)
+        self.image_size, self.channels, self.batch_size = image_size, channels, batch_size
+        self.val_fraction, self.random_flip, self.num_workers = val_fraction, random_flip, num_workers
+        self.split_seed, self.pin_memory, self.name = split_seed, pin_memory, name
+        self.train_set: Dataset | None = None
+        self.val_set: Dataset | None = None
+
+    def load(self) -> Dataset:
+        raise NotImplementedError
+
+    def check(self) -> None:
+        """Raise `DataError` if the data can't be loaded; called before training starts."""
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_set is not None:
+            return
+        full = self.load()
+        n_val = max(1, round(len(full) * self.val_fraction))  # type: ignore[arg-type]
+        split = torch.Generator().manual_seed(self.split_seed)
+        train, val = random_split(full, [len(full) - n_val, n_val], generator=split)  # type: ignore[arg-type]
+        self.train_set = _Flip(train, 0.5) if self.random_flip else _Images(train)
+        self.val_set = _Images(val)
+
+    def _loader(self, ds: Dataset, shuffle: bool) -> DataLoader:
+        return DataLoader(
+            ds,
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            drop_last=shuffle and len(ds) >= self.batch_size,  # type: ignore[arg-type]
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        assert self.train_set is not None, "call setup() first"
+        return self._loader(self.train_set, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        assert self.val_set is not None, "call setup() first"
+        return self._loader(self.val_set, shuffle=False)
+
+
+class DigitsDataModule(ImageDataModule):
+    """scikit-learn's bundled 8x8 handwritten digits (1,797 images, 17 grey levels 0..16); no download."""
+
+    native_size = 8
+
+    def load(self) -> Dataset:
+        from sklearn.datasets import load_digits
+
+        if self.channels != 1:
+            raise DataError("digits is greyscale: set data.channels=1")
+        images = torch.as_tensor(load_digits().images, dtype=torch.float32)[:, None]  # (N, 1, 8, 8) in [0, 16]
+        x = images / 16.0 * 2.0 - 1.0
+        if self.image_size != self.native_size:
+            x = torch.nn.functional.interpolate(x, size=self.image_size, mode="bilinear", antialias=True, align_corners=False)
+        return torch.utils.data.TensorDataset(x)
+
+
+class TorchvisionDataModule(ImageDataModule):
+    """MNIST, Fashion-MNIST and CIFAR-10 through torchvision's own loaders.
+
+    `download=True` fetches the files when online. Offline, files present under `root` are used as
+    they are; `source_dir` may point at a local copy of the raw files (e.g. Debian's
+    dataset-fashion-mnist in /usr/share/datasets/fashion-mnist), which is copied into torchvision's layout.
+    """
+
+    DATASETS = {"mnist": ("MNIST", 28), "fashion_mnist": ("FashionMNIST", 28), "cifar10": ("CIFAR10", 32)}
+
+    def __init__(self, dataset: str, download: bool = True, source_dir: str | None = None, **kwargs) -> None:
+        if dataset not in self.DATASETS:
+            raise ValueError(f"unknown torchvision data set {dataset!r}; choose one of {sorted(self.DATASETS)}")
+        super().__init__(**kwargs)
+        self.dataset, self.download, self.source_dir = dataset, download, source_dir
+        self.native_size = self.DATASETS[dataset][1]
+
+    @property
+    def _cls(self):
+        import torchvision.datasets as tvd
+
+        return getattr(tvd, self.DATASETS[self.dataset][0])
+
+    def _expected(self) -> tuple[Path, list[str]]:
+        """The folder torchvision reads and the files it needs there."""
+        cls = self._cls
+        if self.dataset == "cifar10":
+            return self.root / cls.base_folder, [name for name, _ in cls.train_list + cls.test_list] + [cls.meta["filename"]]
+        return self.root / cls.__name__ / "raw", [name.removesuffix(".gz") for name, _ in cls.resources]
+
+    def _import_source(self) -> None:
+        """Copy (and gunzip) raw idx files from `source_dir` into torchvision's raw folder."""
+        if not self.source_dir or self.dataset == "cifar10":
+            return
+        folder, files = self._expected()
+        src = Path(self.source_dir)
+        for name in files:
+            if (folder / name).exists():
+                continue
+            for candidate in (src / name, src / f"{name}.gz"):
+                if candidate.exists():
+                    folder.mkdir(parents=True, exist_ok=True)
+                    opener = gzip.open if candidate.suffix == ".gz" else open
+                    with opener(candidate, "rb") as fin, open(folder / name, "wb") as fout:
+                        shutil.copyfileobj(fin, fout)
+                    break
+
+    def prepare_data(self) -> None:
+        self._import_source()
+        folder, files = self._expected()
+        if all((folder / f).exists() for f in files):
+            return
+        if not self.download:
+            raise self._missing(folder, files, "data.download=false")
+        try:
+            self._cls(str(self.root), train=True, download=True)
+            self._cls(str(self.root), train=False, download=True)
+        except Exception as err:  # offline: URLError, socket errors, HTTP errors
+            raise self._missing(folder, files, f"the download failed ({type(err).__name__}: {err})") from err
+
+    def _missing(self, folder: Path, files: Sequence[str], why: str) -> DataError:
+        absent = [f for f in files if not (folder / f).exists()]
+        hint = " (Debian: apt-get install dataset-fashion-mnist)" if self.dataset == "fashion_mnist" else ""
+        return DataError(
+            f"{self.dataset}: files missing in {folder.resolve()}: {', '.join(absent)}; {why}. "
+            f"Put the files there, or set data.source_dir to a folder holding them{hint}, or run once online "
+            f"with data.download=true."
+        )
+
+    def check(self) -> None:
+        self.prepare_data()
+
+    def load(self) -> Dataset:
+        tf = to_minus_one_one(self.image_size, self.native_size, self.channels)
+        try:
+            train = self._cls(str(self.root), train=True, download=False, transform=tf)
+        except Exception as err:
+            folder, _ = self._expected()
+            raise DataError(
+                f"{self.dataset}: could not read the files in {folder.resolve()} ({type(err).__name__}: {err}). "
+                "They may be truncated or corrupt: delete them and download again."
+            ) from err
+        return train
+
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+
+
+class _ImageFiles(Dataset):
+    def __init__(self, files: list[Path], transform: T.Compose, mode: str) -> None:
+        self.files, self.transform, self.mode = files, transform, mode
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, i: int) -> Tensor:
+        from PIL import Image, UnidentifiedImageError
+
+        try:
+            with Image.open(self.files[i]) as img:
+                return self.transform(img.convert(self.mode))
+        except (UnidentifiedImageError, OSError) as err:
+            raise DataError(f"could not read image {self.files[i]}: {err}; remove or replace the file") from err
+
+
+class ImageFolderDataModule(ImageDataModule):
+    """Any folder of images (searched recursively), resized and center-cropped to `image_size`."""
+
+    def _files(self) -> list[Path]:
+        if not self.root.is_dir():
+            raise DataError(f"image_folder: {self.root.resolve()} is not a folder; set data.root to a folder of images")
+        files = sorted(p for p in self.root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
+        if not files:
+            raise DataError(
+                f"image_folder: no images ({', '.join(IMAGE_EXTENSIONS)}) under {self.root.resolve()}; set data.root"
+            )
+        return files
+
+    def check(self) -> None:
+        self._files()
+
+    def load(self) -> Dataset:
+        if self.channels not in (1, 3):
+            raise DataError("image_folder supports data.channels=1 (greyscale) or 3 (RGB)")
+        tf = T.Compose([T.Resize(self.image_size, antialias=True), T.CenterCrop(self.image_size), T.ToTensor(),
+                        T.Normalize([0.5] * self.channels, [0.5] * self.channels)])
+        return _ImageFiles(self._files(), tf, "L" if self.channels == 1 else "RGB")

@@ -1,0 +1,161 @@
+"""The Gaussian diffusion of Ho et al. (2020): forward process, its posterior, the reverse process and L_simple.
+
+Notation follows the paper with code indices t = 0..T-1 (the paper's t = 1..T):
+    alphas_cumprod[t]      = abar_t = prod_{s <= t} (1 - beta_s)
+    alphas_cumprod_prev[t] = abar_{t-1}, with abar_{-1} := 1
+All coefficients are float64 buffers; `_gather` casts to the dtype of the tensor they multiply.
+This module knows nothing of the network: the reverse process takes the network's eps prediction.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import Tensor, nn
+
+from .schedules import validate_betas
+
+VARIANCE_TYPES = ("fixedlarge", "fixedsmall")
+
+EpsModel = Callable[[Tensor, Tensor], Tensor]  # eps_theta(x_t, t); x_t (B, C, H, W), t (B,) long
+
+
+@dataclass
+class ReverseStep:
+    """p(x_{t-1} | x_t) = N(mean, exp(log_variance)), plus the x0 estimate it came from."""
+
+    mean: Tensor
+    variance: Tensor  # (B, 1, 1, 1)
+    log_variance: Tensor  # (B, 1, 1, 1)
+    pred_x0: Tensor
+
+
+def _gather(coef: Tensor, t: Tensor, like: Tensor) -> Tensor:
+    """coef[t] reshaped to (B, 1, ..., 1) so it broadcasts against `like` (B, C, H, W)."""
+    out = coef.to(like.device)[t].to(like.dtype)
+    return out.reshape(t.shape[0], *([1] * (like.ndim - 1)))
+
+
+class GaussianDiffusion(nn.Module):
+    """Holds the schedule buffers and the closed forms built from them.
+
+    An `nn.Module` only so that `.to(device)` moves the buffers with the network; the buffers are
+    non-persistent, so checkpoints hold the schedule's config, never a copy of its numbers.
+    """
+
+    def __init__(self, betas: Tensor, variance_type: str = "fixedlarge") -> None:
+        super().__init__()
+        if variance_type not in VARIANCE_TYPES:
+            raise ValueError(f"variance_type must be one of {VARIANCE_TYPES}, got {variance_type!r}")
+        self.variance_type = variance_type
+        betas = validate_betas(torch.as_tensor(betas, dtype=torch.float64).cpu())
+        alphas = 1.0 - betas
+        alphas_cumprod = torch.cumprod(alphas, dim=0)
+        alphas_cumprod_prev = torch.cat([torch.ones(1, dtype=torch.float64), alphas_cumprod[:-1]])
+
+        # posterior q(x_{t-1} | x_t, x_0) = N(coef1 x_0 + coef2 x_t, beta_tilde_t)
+        posterior_variance = betas * (1.0 - alphas_cumprod_prev) / (1.0 - alphas_cumprod)
+        # beta_tilde_0 = 0: use beta_tilde_1 at index 0 (DDPM / improved-diffusion) so log stays finite.
+        posterior_variance_clipped = posterior_variance.clone()
+        if len(betas) > 1:
+            posterior_variance_clipped[0] = posterior_variance[1]
+        else:  # T = 1: there is no beta_tilde_1; fall back to beta_0 so the decoder stays defined.
+            posterior_variance_clipped[0] = betas[0]
+
+        buffers = {
+            "betas": betas,
+            "alphas": alphas,
+            "alphas_cumprod": alphas_cumprod,
+            "alphas_cumprod_prev": alphas_cumprod_prev,
+            "sqrt_alphas_cumprod": alphas_cumprod.sqrt(),
+            "sqrt_one_minus_alphas_cumprod": (1.0 - alphas_cumprod).sqrt(),
+            "sqrt_recip_alphas_cumprod": (1.0 / alphas_cumprod).sqrt(),
+            "sqrt_recipm1_alphas_cumprod": (1.0 / alphas_cumprod - 1.0).sqrt(),
+            "posterior_variance": posterior_variance,
+            "posterior_log_variance_clipped": posterior_variance_clipped.log(),
+            "posterior_mean_coef1": betas * alphas_cumprod_prev.sqrt() / (1.0 - alphas_cumprod),
+            "posterior_mean_coef2": (1.0 - alphas_cumprod_prev) * alphas.sqrt() / (1.0 - alphas_cumprod),
+        }
+        # fixedlarge: sigma_t^2 = beta_t, except beta_tilde_1 at t=0 (DDPM's choice for the decoder NLL).
+        # fixedsmall: sigma_t^2 = beta_tilde_t (log uses beta_tilde_1 at t=0, like improved-diffusion).
+        if variance_type == "fixedlarge":
+            large = betas.clone()
+            large[0] = posterior_variance_clipped[0]
+            buffers["model_variance"], buffers["model_log_variance"] = large, large.log()
+        else:
+            buffers["model_variance"] = posterior_variance
+            buffers["model_log_variance"] = buffers["posterior_log_variance_clipped"]
+        for name, value in buffers.items():
+            self.register_buffer(name, value, persistent=False)
+
+    @property
+    def num_timesteps(self) -> int:
+        return int(self.betas.shape[0])
+
+    # ----- forward process -------------------------------------------------------------------
+    def q_mean_variance(self, x0: Tensor, t: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """q(x_t | x_0) = N(sqrt(abar_t) x_0, (1 - abar_t) I): mean, variance, log-variance."""
+        mean = _gather(self.sqrt_alphas_cumprod, t, x0) * x0
+        variance = _gather(1.0 - self.alphas_cumprod, t, x0)
+        return mean, variance, variance.log()
+
+    def q_sample(self, x0: Tensor, t: Tensor, noise: Tensor) -> Tensor:
+        """x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps."""
+        return _gather(self.sqrt_alphas_cumprod, t, x0) * x0 + _gather(self.sqrt_one_minus_alphas_cumprod, t, x0) * noise
+
+    def q_posterior_mean_variance(self, x0: Tensor, x_t: Tensor, t: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """q(x_{t-1} | x_t, x_0): mean mu_tilde, variance beta_tilde_t, log-variance (beta_tilde_1 at t=0)."""
+        mean = _gather(self.posterior_mean_coef1, t, x_t) * x0 + _gather(self.posterior_mean_coef2, t, x_t) * x_t
+        return mean, _gather(self.posterior_variance, t, x_t), _gather(self.posterior_log_variance_clipped, t, x_t)
+
+    def predict_x0_from_eps(self, x_t: Tensor, t: Tensor, eps: Tensor) -> Tensor:
+        """x_0 = sqrt(1/abar_t) x_t - sqrt(1/abar_t - 1) eps."""
+        return _gather(self.sqrt_recip_alphas_cumprod, t, x_t) * x_t - _gather(self.sqrt_recipm1_alphas_cumprod, t, x_t) * eps
+
+    def predict_eps_from_x0(self, x_t: Tensor, t: Tensor, x0: Tensor) -> Tensor:
+        """Inverse of `predict_x0_from_eps`."""
+        return (_gather(self.sqrt_recip_alphas_cumprod, t, x_t) * x_t - x0) / _gather(self.sqrt_recipm1_alphas_cumprod, t, x_t)
+
+    # ----- reverse process -------------------------------------------------------------------
+    def reverse_mean_from_eps(self, x_t: Tensor, t: Tensor, eps: Tensor) -> Tensor:
+        """Paper eq. 11: mu_theta = (x_t - beta_t / sqrt(1 - abar_t) eps) / sqrt(alpha_t)."""
+        coef = _gather(self.betas / self.sqrt_one_minus_alphas_cumprod, t, x_t)
+        return (x_t - coef * eps) / _gather(self.alphas.sqrt(), t, x_t)
+
+    def p_mean_variance(self, eps: Tensor, x_t: Tensor, t: Tensor, clip_denoised: bool = True) -> ReverseStep:
+        """p(x_{t-1} | x_t) through x0_hat: x0_hat from eps, optionally clipped to [-1, 1], then mu_tilde.
+
+        Without clipping this equals `reverse_mean_from_eps`; clipping is for sampling only.
+        """
+        pred_x0 = self.predict_x0_from_eps(x_t, t, eps)
+        if clip_denoised:
+            pred_x0 = pred_x0.clamp(-1.0, 1.0)
+        mean, _, _ = self.q_posterior_mean_variance(pred_x0, x_t, t)
+        variance = _gather(self.model_variance, t, x_t)
+        log_variance = _gather(self.model_log_variance, t, x_t)
+        return ReverseStep(mean=mean, variance=variance, log_variance=log_variance, pred_x0=pred_x0)
+
+    def p_sample_step(self, step: ReverseStep, t: Tensor, noise: Tensor) -> Tensor:
+        """x_{t-1} = mean + sigma_t z, with no noise at t = 0 (the sample is the mean there)."""
+        nonzero = (t != 0).to(noise.dtype).reshape(t.shape[0], *([1] * (noise.ndim - 1)))
+        return step.mean + nonzero * (0.5 * step.log_variance).exp() * noise
+
+    # ----- training ----------------------------------------------------------------------------
+    def sample_timesteps(self, batch_size: int, device: torch.device, generator: torch.Generator | None = None) -> Tensor:
+        """t ~ U{0, ..., T-1}, one per sample."""
+        return torch.randint(0, self.num_timesteps, (batch_size,), device=device, generator=generator)
+
+    def training_losses(self, model: EpsModel, x0: Tensor, t: Tensor | None = None, noise: Tensor | None = None) -> Tensor:
+        """L_simple per sample: mean over pixels of (eps - eps_theta(x_t, t))^2; shape (B,)."""
+        if t is None:
+            t = self.sample_timesteps(x0.shape[0], x0.device)
+        if noise is None:
+            noise = torch.randn_like(x0)
+        x_t = self.q_sample(x0, t, noise)
+        eps = model(x_t, t)
+        if eps.shape != noise.shape:
+            raise ValueError(f"the network returned shape {tuple(eps.shape)} for input {tuple(x_t.shape)}; "
+                             "its out_channels must equal the data's channels")
+        return (eps.float() - noise.float()).pow(2).flatten(1).mean(dim=1)

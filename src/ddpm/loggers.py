@@ -1,0 +1,76 @@
+"""Loggers from config, with W&B that never prompts and never crashes a run.
+
+With no credentials, or no route to the W&B server, the W&B logger switches to offline mode, says so
+once, and prints the `wandb sync` command that uploads the run later. WANDB_MODE, when set, wins.
+"""
+
+from __future__ import annotations
+
+import logging
+import netrc
+import os
+import socket
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from hydra.utils import instantiate
+
+log = logging.getLogger(__name__)
+
+WANDB_TARGET = "lightning.pytorch.loggers.WandbLogger"
+
+
+def _wandb_host() -> str:
+    return urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname or "api.wandb.ai"
+
+
+def wandb_credentials() -> bool:
+    """An API key in WANDB_API_KEY or in ~/.netrc (where `wandb login` stores it)."""
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    path = os.environ.get("NETRC") or str(Path.home() / ".netrc")
+    try:
+        return netrc.netrc(path).authenticators(_wandb_host()) is not None
+    except (FileNotFoundError, netrc.NetrcParseError, OSError):
+        return False
+
+
+def wandb_reachable(timeout_s: float) -> bool:
+    try:
+        with socket.create_connection((_wandb_host(), 443), timeout=timeout_s):
+            return True
+    except OSError:
+        return False
+
+
+def wandb_offline_reason(timeout_s: float) -> str | None:
+    """Why this run must log offline, or None if it can go online."""
+    mode = os.environ.get("WANDB_MODE", "").lower()
+    if mode in ("offline", "dryrun", "disabled"):
+        return f"WANDB_MODE={mode}"
+    if mode == "online":
+        return None
+    if not wandb_credentials():
+        return "no W&B credentials (set WANDB_API_KEY or run `wandb login`)"
+    if not wandb_reachable(timeout_s):
+        return f"{_wandb_host()} is not reachable"
+    return None
+
+
+def build_loggers(cfg: dict[str, Any] | None, connect_timeout_s: float) -> list:
+    """Instantiate every logger in `cfg` (name -> config); an empty config means no logger."""
+    loggers = []
+    for name, lcfg in (cfg or {}).items():
+        lcfg = dict(lcfg)
+        if lcfg.get("_target_") == WANDB_TARGET and not lcfg.get("offline"):
+            reason = wandb_offline_reason(connect_timeout_s)
+            if reason:
+                lcfg["offline"] = True
+                run_dir = Path(lcfg.get("save_dir", ".")).resolve() / "wandb"
+                log.warning("W&B: %s -> logging offline to %s. Upload later with: wandb sync %s/offline-run-*",
+                            reason, run_dir, run_dir)
+        if lcfg.get("save_dir"):
+            Path(lcfg["save_dir"]).mkdir(parents=True, exist_ok=True)
+        loggers.append(instantiate(lcfg))
+    return loggers

@@ -1,0 +1,96 @@
+"""The LightningModule: L_simple training, warm-up, EMA, and sampling from the EMA weights.
+
+Its constructor takes plain configs (dicts with `_target_`), builds the network, schedule and sampler
+from them, and saves exactly those dicts as hyperparameters. A checkpoint therefore holds only
+tensors and plain values, reloads with `torch.load(..., weights_only=True)`, and
+`DiffusionModule.load_from_checkpoint(path)` rebuilds the same network with no Hydra run around it.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import lightning.pytorch as pl
+import torch
+from hydra.utils import instantiate
+from torch import Tensor
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+from .diffusion import GaussianDiffusion
+from .samplers import SampleOutput
+
+
+class NonFiniteLossError(RuntimeError):
+    """Training produced a NaN/inf loss; raised before the step is applied or checkpointed."""
+
+
+class DiffusionModule(pl.LightningModule):
+    def __init__(
+        self,
+        model: dict[str, Any],
+        scheduler: dict[str, Any],
+        sampler: dict[str, Any],
+        optimizer: dict[str, Any],
+        image_shape: Sequence[int],
+        variance_type: str = "fixedlarge",
+        lr_warmup_steps: int = 0,
+        ema_decay: float = 0.9999,
+        val_seed: int = 0,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.net = instantiate(model)
+        self.diffusion = GaussianDiffusion(instantiate(scheduler), variance_type=variance_type)
+        # EMA from torch.optim.swa_utils: a foreach lerp per step; part of state_dict, so it is
+        # checkpointed and restored with the model and used for every sample.
+        self.ema = AveragedModel(self.net, multi_avg_fn=get_ema_multi_avg_fn(ema_decay), use_buffers=True)
+        self.ema.requires_grad_(False)
+        self.sampler = instantiate(sampler, diffusion=self.diffusion)
+        self.image_shape = tuple(image_shape)
+
+    # ----- training ----------------------------------------------------------------------------
+    def training_step(self, batch: Tensor, batch_idx: int) -> Tensor:
+        loss = self.diffusion.training_losses(self.net, batch).mean()
+        if not torch.isfinite(loss):
+            raise NonFiniteLossError(
+                f"training loss is {loss.item()} at step {self.global_step}; the last checkpoint is kept. "
+                "Lower optimizer.lr, keep gradient clipping on, use bf16-mixed rather than 16-mixed, "
+                "and check that the data lies in [-1, 1]."
+            )
+        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False, batch_size=batch.shape[0])
+        return loss
+
+    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
+        """Step, then move the EMA towards the new weights (once per optimizer step, also with accumulation)."""
+        super().optimizer_step(*args, **kwargs)
+        self.ema.update_parameters(self.net)
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        optimizer = instantiate(self.hparams.optimizer, params=self.net.parameters())
+        warmup = max(int(self.hparams.lr_warmup_steps), 0)
+        # Linear warm-up from lr/warmup to lr over `warmup` steps, then constant (the DDPM recipe).
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup) if warmup else 1.0)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+    # ----- validation --------------------------------------------------------------------------
+    def validation_step(self, batch: Tensor, batch_idx: int) -> Tensor:
+        """L_simple of the EMA network on held-out images, with t and noise fixed by seed for comparable curves."""
+        g = torch.Generator(device=batch.device).manual_seed(self.hparams.val_seed + batch_idx)
+        t = self.diffusion.sample_timesteps(batch.shape[0], batch.device, generator=g)
+        noise = torch.randn(batch.shape, device=batch.device, generator=g, dtype=batch.dtype)
+        loss = self.diffusion.training_losses(self.ema.module, batch, t=t, noise=noise).mean()
+        self.log("val/loss", loss, prog_bar=True, on_epoch=True, batch_size=batch.shape[0], sync_dist=True)
+        return loss
+
+    # ----- sampling ----------------------------------------------------------------------------
+    @torch.no_grad()
+    def sample(self, n: int, seed: int = 0, use_ema: bool = True, record_timesteps: Sequence[int] = ()) -> SampleOutput:
+        """n samples (n, C, H, W) in [-1, 1] from the EMA network (dropout off), reproducible by seed."""
+        net = self.ema.module if use_ema else self.net
+        was_training = net.training
+        net.eval()
+        try:
+            g = torch.Generator(device=self.device).manual_seed(seed)
+            return self.sampler.sample(net, (n, *self.image_shape), generator=g, record_timesteps=record_timesteps)
+        finally:
+            net.train(was_training)

@@ -1,0 +1,95 @@
+"""`train(cfg)`: build everything from a composed config, check it, fit, and return the final metrics.
+
+Everything that can fail on bad input (config, data, checkpoint) is built and checked before the
+Trainer starts, so a mistake costs seconds, not a training run.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from .config import ConfigError, to_plain
+
+log = logging.getLogger(__name__)
+
+
+def build_module(cfg: DictConfig):
+    """The DiffusionModule from the config's plain parts; invalid model/schedule values become ConfigError."""
+    from .module import DiffusionModule
+
+    try:
+        return DiffusionModule(
+            model=to_plain(cfg.model),
+            scheduler=to_plain(cfg.scheduler),
+            sampler=to_plain(cfg.sampler),
+            optimizer=to_plain(cfg.optimizer),
+            image_shape=[cfg.data.channels, cfg.data.image_size, cfg.data.image_size],
+            **to_plain(cfg.module),
+        )
+    except (ValueError, TypeError) as err:
+        raise ConfigError(str(err)) from err
+
+
+def _diff(old: Any, new: Any, prefix: str) -> list[str]:
+    if isinstance(old, dict) and isinstance(new, dict):
+        return [d for k in sorted(set(old) | set(new)) for d in _diff(old.get(k), new.get(k), f"{prefix}.{k}")]
+    return [] if old == new else [f"{prefix}: checkpoint {old!r}, this run {new!r}"]
+
+
+def check_checkpoint(path: str, module) -> None:
+    """Refuse to resume from a checkpoint trained with another network or image shape."""
+    if not Path(path).is_file():
+        raise ConfigError(f"ckpt_path {path} does not exist; give the path of a .ckpt file (e.g. .../checkpoints/last.ckpt)")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as err:
+        raise ConfigError(f"could not read checkpoint {path} ({type(err).__name__}: {err}); it may be corrupt") from err
+    saved = ckpt.get("hyper_parameters", {})
+    diffs = _diff(saved.get("model"), dict(module.hparams.model), "model")
+    diffs += _diff(list(saved.get("image_shape", [])), list(module.hparams.image_shape), "image_shape")
+    if diffs:
+        raise ConfigError(
+            f"checkpoint {path} was trained with a different model config: " + "; ".join(diffs)
+            + ". Resume with the config it was trained with (see its run's config.yaml), or drop ckpt_path."
+        )
+
+
+def train(cfg: DictConfig) -> dict[str, float]:
+    """Fit a DDPM as configured; returns the final logged metrics as floats."""
+    import lightning.pytorch as pl
+    from hydra.utils import instantiate
+
+    from .loggers import build_loggers
+
+    output_dir = Path(cfg.paths.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    OmegaConf.save(cfg, output_dir / "config.yaml", resolve=True)
+    if cfg.get("seed") is not None:
+        pl.seed_everything(cfg.seed, workers=True)
+
+    datamodule = instantiate(cfg.data)
+    module = build_module(cfg)
+    datamodule.check()
+    if cfg.get("ckpt_path"):
+        check_checkpoint(cfg.ckpt_path, module)
+
+    loggers = build_loggers(to_plain(cfg.get("logger")), cfg.wandb_connect_timeout_s)
+    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
+    if not loggers:  # an LR monitor with nothing to log to is an error in Lightning; drop it instead
+        callbacks = [c for c in callbacks if not isinstance(c, pl.callbacks.LearningRateMonitor)]
+    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    for logger in loggers:
+        logger.log_hyperparams(to_plain(cfg))
+    n_params = sum(p.numel() for p in module.net.parameters())
+    log.info("U-Net %s: %.2fM parameters; output dir %s", cfg.model._target_, n_params / 1e6, output_dir.resolve())
+
+    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if torch.as_tensor(v).numel() == 1}
+    for logger in loggers:
+        logger.finalize("success")
+    return metrics

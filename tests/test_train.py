@@ -1,0 +1,155 @@
+"""End to end: `python train.py` through Hydra on digits, resume from last.ckpt, sample; and every bad
+input ends with one clear message before training starts."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from ddpm.config import ConfigError
+from ddpm.module import DiffusionModule
+from ddpm.train import train
+from tests.conftest import ROOT, compose
+
+pytestmark = pytest.mark.slow
+
+FAST = ["model=unet_tiny", "scheduler.num_timesteps=50", "callbacks.sample_grid.n_samples=16",
+        "callbacks.sample_grid.nrow=4", "callbacks.progress_bar.refresh_rate=0", "module.lr_warmup_steps=5"]
+
+
+def run_cli(args: list[str], tmp_path: Path, env: dict | None = None) -> subprocess.CompletedProcess:
+    full_env = {**os.environ, "WANDB_MODE": "offline", **(env or {})}
+    return subprocess.run([sys.executable, str(ROOT / "train.py"), f"paths.log_dir={tmp_path / 'logs'}", *args],
+                          cwd=tmp_path, capture_output=True, text=True, env=full_env, timeout=600)
+
+
+def run_dir(tmp_path: Path) -> Path:
+    dirs = sorted((tmp_path / "logs" / "train" / "runs").iterdir())
+    return dirs[-1]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """One real CLI run: digits + unet_tiny, 30 steps, validation (and a sample grid) at step 20."""
+    tmp = tmp_path_factory.mktemp("cli")
+    proc = run_cli([*FAST, "logger=csv", "trainer.max_steps=30", "trainer.val_check_interval=20",
+                    "callbacks.model_checkpoint.every_n_train_steps=20"], tmp)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return tmp, run_dir(tmp)
+
+
+def test_cli_run_leaves_checkpoint_config_and_samples(trained):
+    _, out = trained
+    assert (out / "checkpoints" / "last.ckpt").is_file()
+    assert (out / "checkpoints" / "step_0000020.ckpt").is_file()
+    assert (out / "config.yaml").is_file() and (out / ".hydra" / "config.yaml").is_file()
+    assert "${" not in (out / "config.yaml").read_text()  # resolved
+    assert (out / "samples" / "final.png").is_file() and (out / "samples" / "step_0000020.png").is_file()
+    from PIL import Image
+
+    # 16 samples of 8x8 upscaled 4x in a 4x4 grid with 4-pixel padding
+    assert Image.open(out / "samples" / "final.png").size == (4 * 32 + 5 * 4,) * 2
+    metrics = (out / "csv" / "version_0" / "metrics.csv").read_text()
+    assert "train/loss" in metrics and "val/loss" in metrics and "lr-Adam" in metrics
+
+
+def test_last_ckpt_is_final_step_and_loads_weights_only(trained):
+    _, out = trained
+    ckpt = torch.load(out / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert ckpt["global_step"] == 30  # not 20: LastCheckpoint writes the final step
+    hp = ckpt["hyper_parameters"]
+    assert hp["model"]["_target_"] == "ddpm.unet.UNet" and hp["image_shape"] == [1, 8, 8]
+    assert any(k.startswith("ema.module.") for k in ckpt["state_dict"])
+    assert not any(k.startswith("diffusion.") for k in ckpt["state_dict"])  # schedule is config, not weights
+    # the EMA differs from the raw weights after training
+    sd = ckpt["state_dict"]
+    assert not torch.equal(sd["ema.module.conv_in.weight"], sd["net.conv_in.weight"])
+
+
+def test_checkpoint_reloads_and_samples(trained):
+    _, out = trained
+    module = DiffusionModule.load_from_checkpoint(out / "checkpoints" / "last.ckpt", map_location="cpu",
+                                                  weights_only=True)
+    module.sampler.progress = False
+    a = module.sample(4, seed=1).images
+    b = module.sample(4, seed=1).images
+    assert a.shape == (4, 1, 8, 8) and torch.equal(a, b)
+    assert a.min() >= -1.5 and torch.isfinite(a).all()
+
+
+def test_resume_from_last_ckpt_continues_steps(trained, tmp_path):
+    _, out = trained
+    proc = run_cli([*FAST, "logger=csv", "trainer.max_steps=40", f"ckpt_path={out / 'checkpoints' / 'last.ckpt'}"],
+                   tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    new = run_dir(tmp_path)
+    ckpt = torch.load(new / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert ckpt["global_step"] == 40
+    assert (new / "samples" / "final.png").is_file()
+
+
+def test_checkpoint_from_other_model_is_refused(trained, tmp_path):
+    _, out = trained
+    proc = run_cli([*[a for a in FAST if not a.startswith("model=")], "model=unet_small", "logger=none",
+                    f"ckpt_path={out / 'checkpoints' / 'last.ckpt'}"], tmp_path)
+    assert proc.returncode == 2
+    assert "different model config" in proc.stderr and "model.base_channels: checkpoint 16, this run 32" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["model=unet_huge"], "Could not find 'model/unet_huge'"),
+        (["data.image_size=9"], "image_size 9 cannot be halved 1 times evenly"),
+        (["model.attention_resolutions=[16]"], r"attention resolution\(s\) \[16\] never occur"),
+        (["scheduler.num_timesteps=0"], "num_timesteps must be an integer >= 1"),
+        (["data=mnist", "data.download=false", "paths.data_dir=nowhere"], "mnist: files missing in"),
+        (["data=image_folder"], "data.root"),
+    ],
+)
+def test_bad_input_is_one_clear_message(tmp_path, args, message):
+    proc = run_cli([*FAST, "logger=none", *args], tmp_path)
+    assert proc.returncode != 0
+    assert message in proc.stderr or __import__("re").search(message, proc.stderr), proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    assert not list(tmp_path.rglob("*.ckpt"))  # nothing trained
+
+
+def test_unknown_option_lists_the_choices(tmp_path):
+    proc = run_cli(["scheduler=exponential"], tmp_path)
+    assert proc.returncode != 0
+    for option in ("linear", "cosine", "quadratic", "sigmoid"):
+        assert option in proc.stderr
+
+
+def test_wandb_without_credentials_logs_offline(tmp_path):
+    """No WANDB_API_KEY, no ~/.netrc, no WANDB_MODE: the run goes offline, says so once, never prompts."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
+    env.update(HOME=str(tmp_path / "home"), WANDB_SILENT="true")
+    proc = subprocess.run([sys.executable, str(ROOT / "train.py"), f"paths.log_dir={tmp_path / 'logs'}", *FAST,
+                           "logger=wandb", "trainer.max_steps=3"], cwd=tmp_path, capture_output=True, text=True,
+                          env=env, timeout=600, stdin=subprocess.DEVNULL)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    log = proc.stdout + proc.stderr
+    assert log.count("logging offline") == 1 and "wandb sync" in log
+    runs = list((run_dir(tmp_path) / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1 and list(runs[0].glob("*.wandb"))
+
+
+def test_train_in_process_returns_metrics(tmp_path):
+    cfg = compose([*FAST, "logger=none", "trainer.max_steps=4", "trainer.val_check_interval=4",
+                   "callbacks=none"], output_dir=tmp_path)
+    metrics = train(cfg)
+    assert {"train/loss", "val/loss"} <= set(metrics) and all(v == v for v in metrics.values())
+
+
+def test_in_process_bad_config_raises_config_error(tmp_path):
+    cfg = compose([*FAST, "logger=none", "model.num_groups=5"], output_dir=tmp_path)
+    with pytest.raises(ConfigError, match="GroupNorm groups"):
+        train(cfg)
