@@ -107,6 +107,24 @@ class ImageDataModule(pl.LightningDataModule):
         self.train_set = _Flip(train, 0.5) if self.random_flip else _Images(train)
         self.val_set = _Images(val)
 
+    def split(self, name: str) -> Dataset:
+        """The un-augmented train or val split, items as the data set yields them (with labels if any)."""
+        self.setup()
+        if name not in ("train", "val"):
+            raise ValueError(f"split must be 'train' or 'val', got {name!r}")
+        wrapped = self.train_set if name == "train" else self.val_set
+        return wrapped.base  # type: ignore[union-attr]
+
+    def labeled_images(self, name: str, batch_size: int = 512) -> tuple[Tensor, Tensor | None]:
+        """All images of a split as uint8 (N, C, H, W), as 8-bit files would hold them, and labels (N,) or None."""
+        images, labels = [], []
+        for batch in DataLoader(self.split(name), batch_size=batch_size, num_workers=self.num_workers):
+            x, y = (batch[0], batch[1]) if isinstance(batch, (list, tuple)) else (batch, None)
+            images.append(((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8))
+            labels.append(y)
+        has_labels = all(y is not None for y in labels)
+        return torch.cat(images), (torch.cat(labels).long() if has_labels else None)
+
     def _loader(self, ds: Dataset, shuffle: bool) -> DataLoader:
         return DataLoader(
             ds,
@@ -137,11 +155,12 @@ class DigitsDataModule(ImageDataModule):
 
         if self.channels != 1:
             raise DataError("digits is greyscale: set data.channels=1")
-        images = torch.as_tensor(load_digits().images, dtype=torch.float32)[:, None]  # (N, 1, 8, 8) in [0, 16]
+        digits = load_digits()
+        images = torch.as_tensor(digits.images, dtype=torch.float32)[:, None]  # (N, 1, 8, 8) in [0, 16]
         x = images / 16.0 * 2.0 - 1.0
         if self.image_size != self.native_size:
             x = torch.nn.functional.interpolate(x, size=self.image_size, mode="bilinear", antialias=True, align_corners=False)
-        return torch.utils.data.TensorDataset(x)
+        return torch.utils.data.TensorDataset(x, torch.as_tensor(digits.target, dtype=torch.long))
 
 
 class TorchvisionDataModule(ImageDataModule):

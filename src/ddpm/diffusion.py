@@ -15,6 +15,7 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
+from .likelihood import LN2, discretized_gaussian_log_likelihood, mean_over_dims, normal_kl
 from .schedules import validate_betas
 
 VARIANCE_TYPES = ("fixedlarge", "fixedsmall")
@@ -159,3 +160,42 @@ class GaussianDiffusion(nn.Module):
             raise ValueError(f"the network returned shape {tuple(eps.shape)} for input {tuple(x_t.shape)}; "
                              "its out_channels must equal the data's channels")
         return (eps.float() - noise.float()).pow(2).flatten(1).mean(dim=1)
+
+    # ----- variational bound (bits/dim) --------------------------------------------------------
+    def vlb_terms_bpd(self, eps: Tensor, x0: Tensor, x_t: Tensor, t: Tensor, clip_denoised: bool) -> Tensor:
+        """L_t in bits/dim for each sample: KL(q(x_{t-1}|x_t,x_0) || p(x_{t-1}|x_t)) for t > 0, and the
+        discretized-Gaussian decoder NLL -log p(x_0|x_1) at t = 0 (variance: beta_tilde_1 convention). (B,)"""
+        x0, x_t, eps = x0.double(), x_t.double(), eps.double()
+        true_mean, _, true_log_var = self.q_posterior_mean_variance(x0, x_t, t)
+        step = self.p_mean_variance(eps, x_t, t, clip_denoised=clip_denoised)
+        kl = mean_over_dims(normal_kl(true_mean, true_log_var, step.mean, step.log_variance)) / LN2
+        nll = -mean_over_dims(discretized_gaussian_log_likelihood(x0, step.mean, 0.5 * step.log_variance)) / LN2
+        return torch.where(t == 0, nll, kl)
+
+    def prior_bpd(self, x0: Tensor) -> Tensor:
+        """L_T = KL(q(x_T | x_0) || N(0, I)) in bits/dim, (B,); no network involved."""
+        t = torch.full((x0.shape[0],), self.num_timesteps - 1, device=x0.device, dtype=torch.long)
+        mean, _, log_var = self.q_mean_variance(x0.double(), t)
+        return mean_over_dims(normal_kl(mean, log_var, torch.zeros_like(mean), torch.zeros_like(log_var))) / LN2
+
+    @torch.no_grad()
+    def bits_per_dim(self, model: EpsModel, x0: Tensor, clip_denoised: bool = False, chunk: int = 256,
+                     generator: torch.Generator | None = None) -> dict[str, Tensor]:
+        """The full bound for each image: every t (T network calls per image), batched over t.
+
+        Pairs (image, t) are evaluated `chunk` at a time, so small images fill a batch with many t.
+        Returns per-image `total`, `prior`, `decoder` (L_0) and `terms` (B, T) in bits/dim.
+        """
+        b, n_t = x0.shape[0], self.num_timesteps
+        image_idx = torch.arange(b, device=x0.device).repeat_interleave(n_t)  # (B*T,)
+        t_all = torch.arange(n_t, device=x0.device).repeat(b)  # (B*T,)
+        terms = torch.empty(b * n_t, dtype=torch.float64, device=x0.device)
+        for start in range(0, b * n_t, chunk):
+            sl = slice(start, start + chunk)
+            x0_c, t_c = x0[image_idx[sl]], t_all[sl]
+            noise = torch.randn(x0_c.shape, device=x0.device, generator=generator, dtype=x0.dtype)
+            x_t = self.q_sample(x0_c, t_c, noise)
+            terms[sl] = self.vlb_terms_bpd(model(x_t, t_c), x0_c, x_t, t_c, clip_denoised)
+        terms = terms.reshape(b, n_t)
+        prior = self.prior_bpd(x0)
+        return {"total": terms.sum(dim=1) + prior, "prior": prior, "decoder": terms[:, 0], "terms": terms}

@@ -50,7 +50,9 @@ class DiffusionModule(pl.LightningModule):
 
     # ----- training ----------------------------------------------------------------------------
     def training_step(self, batch: Tensor, batch_idx: int) -> Tensor:
-        loss = self.diffusion.training_losses(self.net, batch).mean()
+        t = self.diffusion.sample_timesteps(batch.shape[0], batch.device)
+        losses = self.diffusion.training_losses(self.net, batch, t=t)  # (B,)
+        loss = losses.mean()
         if not torch.isfinite(loss):
             raise NonFiniteLossError(
                 f"training loss is {loss.item()} at step {self.global_step}; the last checkpoint is kept. "
@@ -58,7 +60,23 @@ class DiffusionModule(pl.LightningModule):
                 "and check that the data lies in [-1, 1]."
             )
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False, batch_size=batch.shape[0])
+        self._log_loss_by_quarter(losses.detach(), t)
         return loss
+
+    def _log_loss_by_quarter(self, losses: Tensor, t: Tensor) -> None:
+        """train/loss_q0..q3: L_simple over each quarter of the t range (q0 = least noise)."""
+        quarter = (t * 4) // self.diffusion.num_timesteps
+        sums = torch.zeros(4, device=losses.device).index_add_(0, quarter, losses.float())
+        counts = torch.bincount(quarter, minlength=4)
+        for q, (s, c) in enumerate(zip(sums.tolist(), counts.tolist())):
+            if c:
+                self.log(f"train/loss_q{q}", s / c, on_step=True, on_epoch=False, batch_size=c)
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """train/grad_norm: global L2 norm of the gradients before clipping."""
+        grads = [p.grad for p in self.net.parameters() if p.grad is not None]
+        if grads:
+            self.log("train/grad_norm", torch.nn.utils.get_total_norm(grads), on_step=True, on_epoch=False)
 
     def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
         """Step, then move the EMA towards the new weights (once per optimizer step, also with accumulation)."""

@@ -74,7 +74,7 @@ class AncestralSampler(Sampler):
         record = set(record_timesteps)
         out = SampleOutput(images=x)
         steps = range(self.diffusion.num_timesteps - 1, -1, -1)
-        for t_int in tqdm(steps, desc="sampling", disable=not self.progress, leave=False):
+        for t_int in tqdm(steps, desc="sampling", disable=None if self.progress else True, leave=False):
             if t_int in record:
                 out.chain.append(x.clone())
                 out.chain_timesteps.append(t_int)

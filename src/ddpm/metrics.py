@@ -1,0 +1,183 @@
+"""Sample-quality metrics (torchmetrics' FID, KID, Inception Score) with cached reference statistics.
+
+`SampleMetrics.prepare(datamodule)` builds the feature network (training the offline classifier if
+it is not cached yet) and loads, or computes once and caches, the reference statistics of the
+configured split. The cache key names the data set, split, image size, channels and feature network
+(for the classifier: a hash of its weights), so a changed image size or a retrained classifier misses.
+
+Multi-GPU: every rank feeds its own share of samples; torchmetrics sums the states across ranks
+at `compute()`. Only rank 0 holds the reference statistics (the others hold zeros) so the sum
+counts them once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from .features import ClassifierFeatures, InceptionFeatures, load_classifier, quantize, save_classifier, train_classifier
+
+log = logging.getLogger(__name__)
+
+REAL_STATES = ("real_features_sum", "real_features_cov_sum", "real_features_num_samples")
+
+
+@dataclass
+class ClassifierTraining:
+    """How the offline feature classifier is trained (once per data set and image size; then cached)."""
+
+    epochs: int = 20
+    batch_size: int = 128
+    lr: float = 2e-3
+    width: int = 32
+    num_features: int = 128
+    seed: int = 0
+
+
+@dataclass
+class SampleMetrics:
+    feature: str = "classifier"  # "classifier" (offline) or "inception" (standard FID)
+    name: str = ""  # the logged key; default "fid" for inception, "fid_classifier" for the classifier
+    cache_dir: str = "cache"
+    reference_split: str = "train"
+    weights_path: str | None = None  # local TF-Inception weights (pt_inception-2015-12-05-6726825d.pth)
+    kid: bool = False
+    inception_score: bool = False
+    kid_subset_size: int = 1000
+    classifier: ClassifierTraining | dict = field(default_factory=ClassifierTraining)
+
+    def __post_init__(self) -> None:
+        if self.feature not in ("classifier", "inception"):
+            raise ValueError(f"fid feature must be 'classifier' or 'inception', got {self.feature!r}")
+        if self.inception_score and self.feature != "inception":
+            raise ValueError("the Inception Score needs feature=inception (it is defined on Inception's classes)")
+        if not self.name:
+            self.name = "fid" if self.feature == "inception" else "fid_classifier"
+        if self.feature != "inception" and self.name in ("fid", "kid", "inception_score"):
+            raise ValueError(f"fid.name={self.name!r} is reserved for the Inception network; "
+                             "name the classifier metric differently (e.g. fid_classifier)")
+        if isinstance(self.classifier, dict):
+            self.classifier = ClassifierTraining(**self.classifier)
+        self.fid = self.kid_metric = self.is_metric = None
+        self.net: nn.Module | None = None
+        self.feature_id = ""
+
+    # ----- names -------------------------------------------------------------------------------
+    @property
+    def fid_name(self) -> str:
+        """'fid' only for the standard Inception network; 'fid_classifier' otherwise, so nobody mistakes it."""
+        return self.name
+
+    # ----- set-up ------------------------------------------------------------------------------
+    def classifier_path(self, datamodule) -> Path:
+        return Path(self.cache_dir) / "classifiers" / f"{_data_key(datamodule)}.pt"
+
+    def feature_network(self, datamodule) -> nn.Module:
+        """The feature network; the classifier is trained here on first use and cached."""
+        if self.feature == "inception":
+            self.feature_id = "inception2048"
+            return InceptionFeatures(self.weights_path)
+        path = self.classifier_path(datamodule)
+        if not path.is_file():
+            images, labels = datamodule.labeled_images("train")
+            if labels is None:
+                raise ValueError(f"{datamodule.name} has no labels to train the feature classifier on: "
+                                 "use fid.feature=inception (with fid.weights_path offline)")
+            c = self.classifier
+            log.info("Training the feature classifier for %s (%d images, %d epochs); cached at %s",
+                     datamodule.name, len(images), c.epochs, path)
+            net, acc = train_classifier(images, labels, int(labels.max()) + 1, c.epochs, c.batch_size, c.lr, c.seed,
+                                        c.width, c.num_features)
+            val_images, val_labels = datamodule.labeled_images("val")
+            with torch.no_grad():
+                val_acc = float(net.logits(val_images).argmax(1).eq(val_labels).float().mean())
+            save_classifier(net, path, {"train_accuracy": acc, "val_accuracy": val_acc, "data": _data_key(datamodule)})
+            log.info("Feature classifier: train accuracy %.3f, val accuracy %.3f", acc, val_acc)
+        net, _ = load_classifier(path)
+        self.feature_id = "classifier-" + hashlib.sha256(path.read_bytes()).hexdigest()[:12]
+        return net
+
+    def reference_path(self, datamodule) -> Path:
+        return Path(self.cache_dir) / "fid_reference" / f"{_data_key(datamodule)}_{self.reference_split}_{self.feature_id}.pt"
+
+    def prepare(self, datamodule, device: torch.device | str = "cpu", holds_reference: bool = True) -> bool:
+        """Build the metrics and fill in the reference statistics. Returns True on a cache hit."""
+        from torchmetrics.image.fid import FrechetInceptionDistance
+
+        self.net = self.feature_network(datamodule)
+        self.fid = FrechetInceptionDistance(feature=self.net, reset_real_features=False).to(device)
+        if self.kid:
+            from torchmetrics.image.kid import KernelInceptionDistance
+
+            self.kid_metric = KernelInceptionDistance(feature=self.net, reset_real_features=False,
+                                                      subset_size=self.kid_subset_size).to(device)
+        if self.inception_score:
+            from torchmetrics.image.inception import InceptionScore
+
+            self.is_metric = InceptionScore(feature_extractor_weights_path=self.weights_path).to(device)
+        path = self.reference_path(datamodule)
+        hit = path.is_file()
+        if hit:
+            ref = torch.load(path, map_location="cpu", weights_only=True)
+        else:
+            images, _ = datamodule.labeled_images(self.reference_split)
+            ref = self._reference_from(images.to(device))
+            path.parent.mkdir(parents=True, exist_ok=True)
+            torch.save(ref, path.with_suffix(".tmp"))
+            path.with_suffix(".tmp").replace(path)
+            log.info("FID reference statistics of %s/%s (%d images) cached at %s", datamodule.name,
+                     self.reference_split, len(images), path)
+        if holds_reference:
+            for name in REAL_STATES:
+                setattr(self.fid, name, ref[name].to(device))
+            if self.kid_metric is not None:
+                self.kid_metric.real_features = [ref["features"].to(device)]
+        return hit
+
+    @torch.no_grad()
+    def _reference_from(self, images: Tensor, batch_size: int = 500) -> dict[str, Tensor]:
+        for start in range(0, len(images), batch_size):
+            self.fid.update(images[start:start + batch_size], real=True)
+        ref = {name: getattr(self.fid, name).cpu() for name in REAL_STATES}
+        if self.kid:
+            ref["features"] = torch.cat([self.net(images[i:i + batch_size]).cpu() for i in range(0, len(images), batch_size)])
+        self.fid.reset()
+        return ref
+
+    # ----- evaluation --------------------------------------------------------------------------
+    @torch.no_grad()
+    def update(self, images: Tensor) -> None:
+        """Add generated images in [-1, 1]; they are quantised to uint8 first, as a saved PNG would be."""
+        x = quantize(images)
+        self.fid.update(x, real=False)
+        if self.kid_metric is not None:
+            self.kid_metric.update(x, real=False)
+        if self.is_metric is not None:
+            self.is_metric.update(x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x)
+
+    def compute(self, n_total: int) -> dict[str, float]:
+        """The metrics over the `n_total` samples fed on all ranks since the last reset (synced), then reset."""
+        out = {self.fid_name: float(self.fid.compute())}
+        if self.kid_metric is not None:
+            self.kid_metric.subset_size = min(self.kid_subset_size, n_total)
+            kid_mean, kid_std = self.kid_metric.compute()
+            out[f"kid{'' if self.feature == 'inception' else '_classifier'}"] = float(kid_mean)
+        if self.is_metric is not None:
+            out["inception_score"] = float(self.is_metric.compute()[0])
+        self.reset()
+        out[f"{self.fid_name}_n"] = n_total
+        return out
+
+    def reset(self) -> None:
+        for m in (self.fid, self.kid_metric, self.is_metric):
+            if m is not None:
+                m.reset()
+
+
+def _data_key(datamodule) -> str:
+    return f"{datamodule.name}_{datamodule.image_size}px_{datamodule.channels}ch"
