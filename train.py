@@ -5,7 +5,7 @@ import sys
 
 import hydra
 from omegaconf import DictConfig
-from omegaconf.errors import MissingMandatoryValue
+from omegaconf.errors import OmegaConfBaseException
 
 import ddpm  # noqa: F401  (registers the config resolvers)
 from ddpm.config import UserError
@@ -17,7 +17,7 @@ def main(cfg: DictConfig) -> float | None:
 
     try:
         metrics = train(cfg)
-    except (UserError, MissingMandatoryValue) as err:
+    except (UserError, OmegaConfBaseException) as err:  # bad input: one message, no traceback
         logging.getLogger("train").error("%s", err)
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)

@@ -3,6 +3,7 @@ input ends with one clear message before training starts."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -18,8 +19,9 @@ from tests.conftest import ROOT, compose
 
 pytestmark = pytest.mark.slow
 
-FAST = ["model=unet_tiny", "scheduler.num_timesteps=50", "callbacks.sample_grid.n_samples=16",
-        "callbacks.sample_grid.nrow=4", "callbacks.progress_bar.refresh_rate=0", "module.lr_warmup_steps=5"]
+FAST = ["model=unet_tiny", "scheduler.num_timesteps=50", "callbacks.sample_eval.n_grid=16", "callbacks.sample_eval.nrow=4",
+        "callbacks.sample_eval.fid_samples=0", "callbacks.sample_eval.bpd_images=0", "callbacks.progress_bar.refresh_rate=0",
+        "module.lr_warmup_steps=5"]
 
 
 def run_cli(args: list[str], tmp_path: Path, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -50,6 +52,7 @@ def test_cli_run_leaves_checkpoint_config_and_samples(trained):
     assert (out / "config.yaml").is_file() and (out / ".hydra" / "config.yaml").is_file()
     assert "${" not in (out / "config.yaml").read_text()  # resolved
     assert (out / "samples" / "final.png").is_file() and (out / "samples" / "step_0000020.png").is_file()
+    assert (out / "samples" / "step_0000020_chain.png").is_file() and (out / "samples" / "forward_process.png").is_file()
     from PIL import Image
 
     # 16 samples of 8x8 upscaled 4x in a 4x4 grid with 4-pixel padding
@@ -128,23 +131,36 @@ def test_unknown_option_lists_the_choices(tmp_path):
         assert option in proc.stderr
 
 
-def test_wandb_without_credentials_logs_offline(tmp_path):
-    """No WANDB_API_KEY, no ~/.netrc, no WANDB_MODE: the run goes offline, says so once, never prompts."""
+def test_wandb_without_credentials_logs_offline_and_holds_the_run(tmp_path):
+    """No WANDB_API_KEY, no ~/.netrc, no WANDB_MODE: the run goes offline, says so once, never prompts;
+    the offline run, read back with `wandb leet inspect`, holds the losses, FID, bpd and the figures."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
     env.update(HOME=str(tmp_path / "home"), WANDB_SILENT="true")
-    proc = subprocess.run([sys.executable, str(ROOT / "train.py"), f"paths.log_dir={tmp_path / 'logs'}", *FAST,
-                           "logger=wandb", "trainer.max_steps=3"], cwd=tmp_path, capture_output=True, text=True,
-                          env=env, timeout=600, stdin=subprocess.DEVNULL)
+    args = [*FAST, "logger=wandb", "trainer.max_steps=4", "trainer.val_check_interval=2", "trainer.log_every_n_steps=1",
+            "callbacks.sample_eval.fid_samples=32", "callbacks.sample_eval.bpd_images=2",
+            f"fid.cache_dir={tmp_path / 'cache'}", "fid.classifier.epochs=1"]
+    proc = subprocess.run([sys.executable, str(ROOT / "train.py"), f"paths.log_dir={tmp_path / 'logs'}", *args],
+                          cwd=tmp_path, capture_output=True, text=True, env=env, timeout=600, stdin=subprocess.DEVNULL)
     assert proc.returncode == 0, proc.stderr[-3000:]
     log = proc.stdout + proc.stderr
-    assert log.count("logging offline") == 1 and "wandb sync" in log
+    assert log.count("logging offline") == 1 and "wandb sync" in log and "no W&B credentials" in log
     runs = list((run_dir(tmp_path) / "wandb").glob("offline-run-*"))
-    assert len(runs) == 1 and list(runs[0].glob("*.wandb"))
+    assert len(runs) == 1
+    inspect = subprocess.run(["wandb", "leet", "inspect", "--summary", "--json", str(runs[0])], capture_output=True,
+                             text=True, env=env, timeout=120)
+    summary = json.loads(inspect.stdout)
+    assert summary["state"] == "finished"
+    keys = set(summary["summary"])
+    for key in ("train/loss", "train/loss_q0", "train/grad_norm", "val/loss", "val/fid_classifier",
+                "val/fid_classifier_n", "val/bpd", "samples", "denoising_chain", "forward_process"):
+        assert key in keys, key
+    assert summary["config"]["model"]["_target_"] == "ddpm.unet.UNet"  # the resolved config
+    images = {p.name.rsplit("_", 2)[0] for p in (runs[0] / "files" / "media" / "images").glob("*.png")}
+    assert {"samples", "denoising_chain", "forward_process"} <= images
 
 
 def test_train_in_process_returns_metrics(tmp_path):
-    cfg = compose([*FAST, "logger=none", "trainer.max_steps=4", "trainer.val_check_interval=4",
-                   "callbacks=none"], output_dir=tmp_path)
+    cfg = compose([*FAST, "logger=none", "trainer.max_steps=4", "trainer.val_check_interval=4"], output_dir=tmp_path)
     metrics = train(cfg)
     assert {"train/loss", "val/loss"} <= set(metrics) and all(v == v for v in metrics.values())
 
@@ -153,3 +169,31 @@ def test_in_process_bad_config_raises_config_error(tmp_path):
     cfg = compose([*FAST, "logger=none", "model.num_groups=5"], output_dir=tmp_path)
     with pytest.raises(ConfigError, match="GroupNorm groups"):
         train(cfg)
+
+
+def test_eval_py_writes_samples_and_metrics(trained, tmp_path):
+    import numpy as np
+
+    _, out = trained
+    proc = subprocess.run([sys.executable, str(ROOT / "eval.py"), f"ckpt_path={out / 'checkpoints' / 'last.ckpt'}",
+                           "n_samples=20", "batch_size=8", "bpd_images=3", "metrics=[fid,bpd]", "logger=csv",
+                           f"paths.log_dir={tmp_path / 'logs'}", f"fid.cache_dir={tmp_path / 'cache'}",
+                           "fid.classifier.epochs=1"], cwd=tmp_path, capture_output=True, text=True,
+                          env={**os.environ, "WANDB_MODE": "offline"}, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    eval_dir = sorted((tmp_path / "logs" / "eval" / "runs").iterdir())[-1]
+    metrics = json.loads((eval_dir / "metrics.json").read_text())
+    assert metrics["global_step"] == 30 and metrics["use_ema"] is True
+    assert metrics["fid_classifier_n"] == 20 and metrics["fid_classifier"] > 0
+    assert metrics["bpd_n"] == 3 and metrics["bpd"] > 0 and metrics["bpd_clip_denoised"] is False
+    samples = np.load(eval_dir / "samples.npz")["arr_0"]
+    assert samples.shape == (20, 8, 8, 1) and samples.dtype == np.uint8
+    assert (eval_dir / "samples.png").is_file()
+    assert not list(eval_dir.glob("samples_rank*.npz"))
+
+
+def test_eval_py_missing_checkpoint_is_one_message(tmp_path):
+    proc = subprocess.run([sys.executable, str(ROOT / "eval.py"), f"ckpt_path={tmp_path / 'nope.ckpt'}", "logger=none",
+                           f"paths.log_dir={tmp_path / 'logs'}"], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 2 and "does not exist" in proc.stderr and "Traceback" not in proc.stderr

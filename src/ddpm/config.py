@@ -15,12 +15,13 @@ class ConfigError(UserError, ValueError):
     """The composed config can't produce a valid run."""
 
 
-def _div(a: Any, b: Any) -> int:
-    """`${div:${data.image_size},2}`: attention resolutions follow the data's image size."""
+def _div(a: Any, b: Any) -> int | float:
+    """`${div:${data.image_size},2}`: attention resolutions follow the data's image size.
+
+    A remainder gives a float, which the U-Net's checks then report with the image size that caused it.
+    """
     a, b = int(a), int(b)
-    if b <= 0 or a % b:
-        raise ConfigError(f"resolver div: {a} is not divisible by {b}")
-    return a // b
+    return a // b if a % b == 0 else a / b
 
 
 def register_resolvers() -> None:

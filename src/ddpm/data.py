@@ -19,8 +19,10 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Subset, random_split
 from torchvision import transforms as T
 
+from .config import UserError
 
-class DataError(RuntimeError):
+
+class DataError(UserError, RuntimeError):
     """A data set is missing, incomplete or unreadable; the message says what to do."""
 
 

@@ -16,11 +16,12 @@ from hydra.utils import instantiate
 from torch import Tensor
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
+from .config import UserError
 from .diffusion import GaussianDiffusion
 from .samplers import SampleOutput
 
 
-class NonFiniteLossError(RuntimeError):
+class NonFiniteLossError(UserError, RuntimeError):
     """Training produced a NaN/inf loss; raised before the step is applied or checkpointed."""
 
 

@@ -20,6 +20,8 @@ log = logging.getLogger(__name__)
 
 def build_module(cfg: DictConfig):
     """The DiffusionModule from the config's plain parts; invalid model/schedule values become ConfigError."""
+    from hydra.errors import InstantiationException
+
     from .module import DiffusionModule
 
     try:
@@ -31,8 +33,8 @@ def build_module(cfg: DictConfig):
             image_shape=[cfg.data.channels, cfg.data.image_size, cfg.data.image_size],
             **to_plain(cfg.module),
         )
-    except (ValueError, TypeError) as err:
-        raise ConfigError(str(err)) from err
+    except (ValueError, TypeError, InstantiationException) as err:
+        raise ConfigError(str(err.__cause__ or err)) from err  # Hydra wraps the constructor's own message
 
 
 def _diff(old: Any, new: Any, prefix: str) -> list[str]:
