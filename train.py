@@ -2,26 +2,43 @@
 
 import logging
 import sys
+from pathlib import Path
 
 import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
 import ddpm  # noqa: F401  (registers the config resolvers)
 from ddpm.config import UserError
 
+log = logging.getLogger("train")
+
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
-def main(cfg: DictConfig) -> float | None:
+def main(cfg: DictConfig) -> float:
+    """Returns the optimized metric to a sweeper (inf for a failed job, which a sweep records and survives)."""
+    from ddpm.sweep import write_job_metrics
     from ddpm.train import train  # imported here so that --help and --cfg don't pay for Lightning
 
+    sweeping = HydraConfig.get().mode == RunMode.MULTIRUN and not cfg.get("sweep_fail_fast", False)
     try:
         metrics = train(cfg)
     except (UserError, OmegaConfBaseException) as err:  # bad input: one message, no traceback
-        logging.getLogger("train").error("%s", err)
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
-    return metrics.get(cfg.get("optimized_metric", ""), None)
+        log.error("%s", err)
+        if not sweeping:
+            print(f"error: {err}", file=sys.stderr)
+            sys.exit(2)
+        write_job_metrics(Path(cfg.paths.output_dir), {}, "failed", str(err))
+        return float("inf")
+    except Exception as err:
+        if not sweeping:
+            raise
+        log.exception("job failed; the sweep goes on (set sweep_fail_fast=true to stop it)")
+        write_job_metrics(Path(cfg.paths.output_dir), {}, "failed", f"{type(err).__name__}: {err}")
+        return float("inf")
+    return metrics.get(cfg.optimized_metric, float("nan"))
 
 
 if __name__ == "__main__":

@@ -61,12 +61,58 @@ def check_checkpoint(path: str, module) -> None:
         )
 
 
+def sweep_context() -> dict[str, Any] | None:
+    """In a Hydra multirun: the sweep's name and this job's overrides (for W&B group, name and tags)."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+        return None
+    hc = HydraConfig.get()
+    return {"sweep": Path(hc.sweep.dir).name, "overrides": list(hc.overrides.task), "job": hc.job.num}
+
+
+def check_multirun_devices(cfg: DictConfig, sweep: dict | None) -> None:
+    """Hydra multirun + multi-GPU DDP in one process tree is broken upstream (DDP re-launches the script)."""
+    devices = cfg.trainer.get("devices", 1)
+    multi = devices in (-1, "auto") or (isinstance(devices, int) and devices > 1) or not isinstance(devices, int)
+    if sweep is not None and multi and str(cfg.trainer.get("strategy", "")).startswith("ddp"):
+        raise ConfigError(
+            "Hydra multirun with multi-GPU DDP in one process tree is broken upstream: run each multi-GPU job "
+            "as a single run (python train.py trainer=ddp ...), or sweep with one GPU per job through a launcher "
+            "(python train.py -m hydra/launcher=joblib trainer=gpu ...; SLURM: hydra/launcher=submitit_slurm)."
+        )
+
+
+def assign_gpu(cfg: DictConfig, sweep: dict | None) -> None:
+    """One GPU per sweep job (joblib launcher): job k trains on GPU k mod n, chosen through trainer.devices."""
+    if sweep is None or not cfg.get("gpu_per_job") or cfg.trainer.get("accelerator") != "gpu":
+        return
+    if torch.cuda.is_available():
+        from omegaconf import open_dict
+
+        with open_dict(cfg):
+            cfg.trainer.devices = [sweep["job"] % torch.cuda.device_count()]
+
+
+def logger_config(cfg: DictConfig, sweep: dict | None) -> dict[str, Any]:
+    """The logger configs; in a sweep each W&B run is grouped by sweep, named and tagged by its overrides."""
+    loggers = to_plain(cfg.get("logger")) or {}
+    for lcfg in loggers.values():
+        if sweep is not None and str(lcfg.get("_target_", "")).endswith("WandbLogger"):
+            lcfg["group"] = sweep["sweep"]
+            lcfg["name"] = lcfg.get("name") or " ".join(sweep["overrides"]) or f"job{sweep['job']}"
+            lcfg["tags"] = [*(lcfg.get("tags") or []), *sweep["overrides"]][:64]
+    return loggers
+
+
 def train(cfg: DictConfig) -> dict[str, float]:
-    """Fit a DDPM as configured; returns the final logged metrics as floats."""
+    """Fit a DDPM as configured; writes and returns the final logged metrics as floats."""
     import lightning.pytorch as pl
     from hydra.utils import instantiate
 
     from .loggers import build_loggers
+    from .sweep import write_job_metrics
 
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -74,13 +120,16 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if cfg.get("seed") is not None:
         pl.seed_everything(cfg.seed, workers=True)
 
+    sweep = sweep_context()
+    check_multirun_devices(cfg, sweep)
+    assign_gpu(cfg, sweep)
     datamodule = instantiate(cfg.data)
     module = build_module(cfg)
     datamodule.check()
     if cfg.get("ckpt_path"):
         check_checkpoint(cfg.ckpt_path, module)
 
-    loggers = build_loggers(to_plain(cfg.get("logger")), cfg.wandb_connect_timeout_s)
+    loggers = build_loggers(logger_config(cfg, sweep), cfg.wandb_connect_timeout_s)
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
     if not loggers:  # an LR monitor with nothing to log to is an error in Lightning; drop it instead
         callbacks = [c for c in callbacks if not isinstance(c, pl.callbacks.LearningRateMonitor)]
@@ -94,4 +143,5 @@ def train(cfg: DictConfig) -> dict[str, float]:
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if torch.as_tensor(v).numel() == 1}
     for logger in loggers:
         logger.finalize("success")
+    write_job_metrics(output_dir, metrics, "success")
     return metrics
