@@ -197,3 +197,24 @@ def test_eval_py_missing_checkpoint_is_one_message(tmp_path):
                            f"paths.log_dir={tmp_path / 'logs'}"], cwd=tmp_path, capture_output=True, text=True,
                           timeout=600)
     assert proc.returncode == 2 and "does not exist" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_ckpt_path_last_resumes_the_newest_run_and_its_wandb_run(tmp_path):
+    env = {"WANDB_MODE": "offline"}
+    args = [*FAST, "logger=wandb", "trainer.max_steps=3"]
+    first = run_cli(args, tmp_path, env)
+    assert first.returncode == 0, first.stderr[-3000:]
+    first_dir = run_dir(tmp_path)
+    run_id = torch.load(first_dir / "checkpoints" / "last.ckpt", weights_only=True)["wandb_run_id"]
+    second = run_cli([*FAST, "logger=wandb", "trainer.max_steps=5", "ckpt_path=last"], tmp_path, env)
+    assert second.returncode == 0, second.stderr[-3000:]
+    second_dir = run_dir(tmp_path)
+    assert second_dir != first_dir and f"Resuming from {first_dir}" in second.stdout + second.stderr
+    ckpt = torch.load(second_dir / "checkpoints" / "last.ckpt", weights_only=True)
+    assert ckpt["global_step"] == 5 and ckpt["wandb_run_id"] == run_id
+    assert list((second_dir / "wandb").glob(f"offline-run-*-{run_id}"))
+
+
+def test_ckpt_path_last_without_runs_is_one_message(tmp_path):
+    proc = run_cli([*FAST, "logger=none", "ckpt_path=last"], tmp_path)
+    assert proc.returncode == 2 and "no earlier last.ckpt" in proc.stderr

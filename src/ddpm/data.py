@@ -16,7 +16,7 @@ from typing import Sequence
 import lightning.pytorch as pl
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, Subset, random_split
+from torch.utils.data import DataLoader, Dataset, Sampler, random_split
 from torchvision import transforms as T
 
 from .config import UserError
@@ -65,6 +65,30 @@ def to_minus_one_one(image_size: int, native_size: int, channels: int) -> T.Comp
     return T.Compose(steps)
 
 
+class EpochSampler(Sampler[int]):
+    """A random order that depends on (seed, epoch) alone, so a resumed run sees exactly the batches the
+    uninterrupted run would have; `skip` drops the first indices once (resuming mid-epoch).
+
+    Lightning calls `set_epoch` at every epoch start. `__len__` stays the full length so that Lightning's
+    count of the epoch's batches, which it restores from the checkpoint, still matches.
+    """
+
+    def __init__(self, n: int, seed: int) -> None:
+        self.n, self.seed, self.epoch, self.skip = n, seed, 0, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed(self.seed + 1_000_003 * self.epoch)
+        order = torch.randperm(self.n, generator=g).tolist()
+        skip, self.skip = self.skip, 0
+        return iter(order[skip:])
+
+    def __len__(self) -> int:
+        return self.n
+
+
 class ImageDataModule(pl.LightningDataModule):
     """Base class: subclasses implement `load()` (the full data set) and may override `check()`."""
 
@@ -82,6 +106,7 @@ class ImageDataModule(pl.LightningDataModule):
         split_seed: int = 0,
         pin_memory: bool = False,
         name: str = "",
+        shuffle_seed: int = 0,
     ) -> None:
         super().__init__()
         if not 0.0 < val_fraction < 1.0:
@@ -90,6 +115,8 @@ class ImageDataModule(pl.LightningDataModule):
         self.image_size, self.channels, self.batch_size = image_size, channels, batch_size
         self.val_fraction, self.random_flip, self.num_workers = val_fraction, random_flip, num_workers
         self.split_seed, self.pin_memory, self.name = split_seed, pin_memory, name
+        self.shuffle_seed = int(shuffle_seed if shuffle_seed is not None else torch.randint(2**31, ()).item())
+        self._resume_batches = 0  # batches of the current epoch already trained on (set when resuming)
         self.train_set: Dataset | None = None
         self.val_set: Dataset | None = None
 
@@ -127,24 +154,45 @@ class ImageDataModule(pl.LightningDataModule):
         has_labels = all(y is not None for y in labels)
         return torch.cat(images), (torch.cat(labels).long() if has_labels else None)
 
-    def _loader(self, ds: Dataset, shuffle: bool) -> DataLoader:
+    def _loader(self, ds: Dataset, sampler: Sampler | None, drop_last: bool) -> DataLoader:
         return DataLoader(
             ds,
             batch_size=self.batch_size,
-            shuffle=shuffle,
-            drop_last=shuffle and len(ds) >= self.batch_size,  # type: ignore[arg-type]
+            sampler=sampler,
+            drop_last=drop_last,
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             persistent_workers=self.num_workers > 0,
+            # worker seeds come from this generator, not the global RNG: a resumed run's RNG stream then
+            # matches the uninterrupted run's however often loaders are (re)created
+            generator=torch.Generator().manual_seed(self.shuffle_seed),
         )
 
     def train_dataloader(self) -> DataLoader:
         assert self.train_set is not None, "call setup() first"
-        return self._loader(self.train_set, shuffle=True)
+        n = len(self.train_set)  # type: ignore[arg-type]
+        if n < self.batch_size:
+            raise DataError(f"{self.name}: {n} training images, fewer than data.batch_size={self.batch_size}")
+        sampler = EpochSampler(n, self.shuffle_seed)
+        sampler.skip, self._resume_batches = self._resume_batches * self.batch_size, 0
+        return self._loader(self.train_set, sampler, drop_last=True)  # fixed batches per epoch: exact resume
 
     def val_dataloader(self) -> DataLoader:
         assert self.val_set is not None, "call setup() first"
-        return self._loader(self.val_set, shuffle=False)
+        return self._loader(self.val_set, None, drop_last=False)
+
+    def state_dict(self) -> dict:
+        """Saved in checkpoints: where in the epoch training stands (batches = optimizer steps x accumulation)."""
+        trainer = self.trainer
+        if trainer is None or self.train_set is None:
+            return {}
+        per_epoch = len(self.train_set) // self.batch_size  # type: ignore[arg-type]
+        done = trainer.global_step * trainer.accumulate_grad_batches
+        return {"batches_into_epoch": done % per_epoch, "batch_size": self.batch_size}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state and state.get("batch_size") == self.batch_size:
+            self._resume_batches = int(state["batches_into_epoch"])
 
 
 class DigitsDataModule(ImageDataModule):

@@ -8,6 +8,7 @@ tensors and plain values, reloads with `torch.load(..., weights_only=True)`, and
 
 from __future__ import annotations
 
+import random
 from typing import Any, Sequence
 
 import lightning.pytorch as pl
@@ -90,6 +91,26 @@ class DiffusionModule(pl.LightningModule):
         # Linear warm-up from lr/warmup to lr over `warmup` steps, then constant (the DDPM recipe).
         schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup) if warmup else 1.0)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+    # ----- exact resume ------------------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """The RNG streams that draw t, eps and dropout masks, so a resumed run draws what the original would."""
+        checkpoint["rng_states"] = {"torch": torch.get_rng_state(), "python": list(random.getstate()[1]),
+                                    "python_version": random.getstate()[0], "python_gauss": random.getstate()[2]}
+        if torch.cuda.is_available():
+            checkpoint["rng_states"]["cuda"] = torch.cuda.get_rng_state_all()
+        for logger in self.loggers:  # a resumed run continues the same W&B run
+            if type(logger).__name__ == "WandbLogger":
+                checkpoint["wandb_run_id"] = logger.version
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        states = checkpoint.get("rng_states")
+        if not states:
+            return
+        torch.set_rng_state(states["torch"])
+        random.setstate((states["python_version"], tuple(states["python"]), states["python_gauss"]))
+        if "cuda" in states and torch.cuda.is_available() and len(states["cuda"]) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(states["cuda"])
 
     # ----- validation --------------------------------------------------------------------------
     def validation_step(self, batch: Tensor, batch_idx: int) -> Tensor:

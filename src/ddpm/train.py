@@ -43,8 +43,22 @@ def _diff(old: Any, new: Any, prefix: str) -> list[str]:
     return [] if old == new else [f"{prefix}: checkpoint {old!r}, this run {new!r}"]
 
 
-def check_checkpoint(path: str, module) -> None:
-    """Refuse to resume from a checkpoint trained with another network or image shape."""
+def resolve_ckpt_path(cfg: DictConfig) -> str | None:
+    """`ckpt_path=last`: the newest last.ckpt of this task's earlier runs (single runs and sweep jobs)."""
+    path = cfg.get("ckpt_path")
+    if path != "last":
+        return path
+    root = Path(cfg.paths.log_dir) / cfg.task_name
+    own = Path(cfg.paths.output_dir).resolve()
+    found = [p for p in root.glob("*/**/checkpoints/last.ckpt") if own not in p.resolve().parents]
+    if not found:
+        raise ConfigError(f"ckpt_path=last: no earlier last.ckpt under {root.resolve()}; give a checkpoint's path instead")
+    return str(max(found, key=lambda p: p.stat().st_mtime))
+
+
+def check_checkpoint(path: str, module) -> dict[str, Any]:
+    """Refuse to resume from a checkpoint trained with another network or image shape; return what
+    resuming needs besides the state Lightning restores (the W&B run id)."""
     if not Path(path).is_file():
         raise ConfigError(f"ckpt_path {path} does not exist; give the path of a .ckpt file (e.g. .../checkpoints/last.ckpt)")
     try:
@@ -59,6 +73,7 @@ def check_checkpoint(path: str, module) -> None:
             f"checkpoint {path} was trained with a different model config: " + "; ".join(diffs)
             + ". Resume with the config it was trained with (see its run's config.yaml), or drop ckpt_path."
         )
+    return {"wandb_run_id": ckpt.get("wandb_run_id")}
 
 
 def sweep_context() -> dict[str, Any] | None:
@@ -95,10 +110,13 @@ def assign_gpu(cfg: DictConfig, sweep: dict | None) -> None:
             cfg.trainer.devices = [sweep["job"] % torch.cuda.device_count()]
 
 
-def logger_config(cfg: DictConfig, sweep: dict | None) -> dict[str, Any]:
-    """The logger configs; in a sweep each W&B run is grouped by sweep, named and tagged by its overrides."""
+def logger_config(cfg: DictConfig, sweep: dict | None, wandb_run_id: str | None = None) -> dict[str, Any]:
+    """The logger configs; in a sweep each W&B run is grouped by sweep, named and tagged by its overrides;
+    a resumed run continues the W&B run of its checkpoint."""
     loggers = to_plain(cfg.get("logger")) or {}
     for lcfg in loggers.values():
+        if wandb_run_id and str(lcfg.get("_target_", "")).endswith("WandbLogger"):
+            lcfg["id"], lcfg["resume"] = wandb_run_id, "allow"
         if sweep is not None and str(lcfg.get("_target_", "")).endswith("WandbLogger"):
             lcfg["group"] = sweep["sweep"]
             lcfg["name"] = lcfg.get("name") or " ".join(sweep["overrides"]) or f"job{sweep['job']}"
@@ -126,10 +144,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
     datamodule = instantiate(cfg.data)
     module = build_module(cfg)
     datamodule.check()
-    if cfg.get("ckpt_path"):
-        check_checkpoint(cfg.ckpt_path, module)
+    ckpt_path = resolve_ckpt_path(cfg)
+    resume = check_checkpoint(ckpt_path, module) if ckpt_path else {}
 
-    loggers = build_loggers(logger_config(cfg, sweep), cfg.wandb_connect_timeout_s)
+    loggers = build_loggers(logger_config(cfg, sweep, resume.get("wandb_run_id")), cfg.wandb_connect_timeout_s)
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
     if not loggers:  # an LR monitor with nothing to log to is an error in Lightning; drop it instead
         callbacks = [c for c in callbacks if not isinstance(c, pl.callbacks.LearningRateMonitor)]
@@ -139,7 +157,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
     n_params = sum(p.numel() for p in module.net.parameters())
     log.info("U-Net %s: %.2fM parameters; output dir %s", cfg.model._target_, n_params / 1e6, output_dir.resolve())
 
-    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    if ckpt_path:
+        log.info("Resuming from %s", ckpt_path)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if torch.as_tensor(v).numel() == 1}
     for logger in loggers:
         logger.finalize("success")

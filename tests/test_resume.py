@@ -1,0 +1,76 @@
+"""Exact resume: a run killed with SIGKILL and resumed from last.ckpt ends with bitwise the weights of an
+uninterrupted run (same batches, same t and eps draws, same optimizer, LR schedule, EMA and step counter)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.conftest import ROOT
+
+pytestmark = pytest.mark.slow
+
+# digits with batch 64: 25 batches an epoch, so the run crosses epochs; validation at 15 and 30 draws
+# from its own generators, and checkpoints every 5 steps.
+ARGS = ["model=unet_tiny", "scheduler.num_timesteps=50", "logger=csv", "trainer.max_steps=40",
+        "trainer.val_check_interval=15", "trainer.log_every_n_steps=1", "data.batch_size=64",
+        "callbacks.model_checkpoint.every_n_train_steps=5", "callbacks.sample_eval.n_grid=4",
+        "callbacks.sample_eval.fid_samples=0", "callbacks.sample_eval.bpd_images=0",
+        "callbacks.sample_eval.chain_frames=0", "callbacks.progress_bar.refresh_rate=0", "module.lr_warmup_steps=10",
+        "model.dropout=0.1"]
+
+
+def command(tmp_path: Path, *extra: str) -> list[str]:
+    return [sys.executable, str(ROOT / "train.py"), f"paths.log_dir={tmp_path / 'logs'}", *ARGS, *extra]
+
+
+def newest_run(tmp_path: Path) -> Path:
+    return sorted((tmp_path / "logs" / "train" / "runs").iterdir())[-1]
+
+
+def final_state(run: Path) -> dict:
+    ckpt = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert ckpt["global_step"] == 40
+    return ckpt
+
+
+def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path):
+    env = {**os.environ, "WANDB_MODE": "offline"}
+    full = subprocess.run(command(tmp_path / "a"), cwd=tmp_path, capture_output=True, text=True, env=env, timeout=600)
+    assert full.returncode == 0, full.stderr[-3000:]
+    reference = final_state(newest_run(tmp_path / "a"))
+
+    killed = subprocess.Popen(command(tmp_path / "b"), cwd=tmp_path, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL, env=env)
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        runs = list((tmp_path / "b" / "logs" / "train" / "runs").glob("*/checkpoints/step_0000025.ckpt"))
+        if runs:
+            break
+        time.sleep(0.05)
+    killed.send_signal(signal.SIGKILL)
+    killed.wait()
+    assert runs, "the run never reached step 25"
+    last = runs[0].parent / "last.ckpt"
+    step_at_kill = torch.load(last, map_location="cpu", weights_only=True)["global_step"]
+    assert 20 <= step_at_kill < 40
+
+    resumed = subprocess.run(command(tmp_path / "c", f"ckpt_path={last}"), cwd=tmp_path, capture_output=True,
+                             text=True, env=env, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    result = final_state(newest_run(tmp_path / "c"))
+
+    for key in ("state_dict",):
+        for name, value in reference[key].items():
+            assert torch.equal(value, result[key][name]), f"{name} differs after resuming from step {step_at_kill}"
+    ref_opt, res_opt = reference["optimizer_states"][0]["state"], result["optimizer_states"][0]["state"]
+    for i in ref_opt:
+        assert torch.equal(ref_opt[i]["exp_avg_sq"], res_opt[i]["exp_avg_sq"])
+    assert reference["lr_schedulers"][0]["last_epoch"] == result["lr_schedulers"][0]["last_epoch"] == 40
