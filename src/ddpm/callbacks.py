@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
@@ -173,3 +174,35 @@ class LastCheckpoint(ModelCheckpoint):
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.save_last and self._last_global_step_saved != trainer.global_step:
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+
+class Throughput(pl.Callback):
+    """Training images per second over windows of `window` steps after `warmup` steps (the GPU is synced
+    only at window ends), logged as train/img_per_s and summarised at the end of training."""
+
+    def __init__(self, warmup: int = 20, window: int = 50) -> None:
+        self.warmup, self.window = warmup, window
+        self._start: float | None = None
+        self._images = 0
+        self.rates: list[float] = []
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        step = trainer.global_step
+        if self._start is not None:
+            self._images += batch.shape[0] * trainer.world_size
+        if step < self.warmup or (step - self.warmup) % self.window:
+            return
+        if pl_module.device.type == "cuda":
+            torch.cuda.synchronize(pl_module.device)
+        now = time.perf_counter()
+        if self._start is not None:
+            self.rates.append(self._images / (now - self._start))
+            log_metrics(trainer, {"train/img_per_s": self.rates[-1]})
+        self._start, self._images = now, 0
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.rates and trainer.is_global_zero:
+            rates = sorted(self.rates)
+            print(f"Throughput: median {rates[len(rates) // 2]:.0f} img/s over {len(rates)} windows of "
+                  f"{self.window} steps (after {self.warmup} warm-up steps)")

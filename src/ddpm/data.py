@@ -213,6 +213,19 @@ class DigitsDataModule(ImageDataModule):
         return torch.utils.data.TensorDataset(x, torch.as_tensor(digits.target, dtype=torch.long))
 
 
+class SyntheticDataModule(ImageDataModule):
+    """Random images in [-1, 1] of any shape, for throughput runs where no data set is present."""
+
+    def __init__(self, num_images: int = 4096, seed: int = 0, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.num_images, self.seed = num_images, seed
+
+    def load(self) -> Dataset:
+        g = torch.Generator().manual_seed(self.seed)
+        x = torch.rand(self.num_images, self.channels, self.image_size, self.image_size, generator=g) * 2 - 1
+        return torch.utils.data.TensorDataset(x)
+
+
 class TorchvisionDataModule(ImageDataModule):
     """MNIST, Fashion-MNIST and CIFAR-10 through torchvision's own loaders.
 

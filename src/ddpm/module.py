@@ -38,8 +38,17 @@ class DiffusionModule(pl.LightningModule):
         lr_warmup_steps: int = 0,
         ema_decay: float = 0.9999,
         val_seed: int = 0,
+        compile: bool | str = False,
+        channels_last: bool | str = False,
+        sample_precision: str = "32",
+        check_every_n_steps: int = 1,
     ) -> None:
+        """compile / channels_last: True, False or "auto" (on when training on a CUDA device).
+        sample_precision: "32", "bf16" or "auto" (bf16 autocast on CUDA). check_every_n_steps: how often the
+        loss is checked for NaN and the per-quarter losses are logged (each check waits for the GPU)."""
         super().__init__()
+        if sample_precision not in ("32", "bf16", "auto"):
+            raise ValueError(f"module.sample_precision must be 32, bf16 or auto, got {sample_precision!r}")
         self.save_hyperparameters()
         self.net = instantiate(model)
         self.diffusion = GaussianDiffusion(instantiate(scheduler), variance_type=variance_type)
@@ -49,21 +58,55 @@ class DiffusionModule(pl.LightningModule):
         self.ema.requires_grad_(False)
         self.sampler = instantiate(sampler, diffusion=self.diffusion)
         self.image_shape = tuple(image_shape)
+        # compiled views of net / ema.module, kept out of the module tree (no duplicate state_dict keys)
+        self.__dict__["_compiled"] = {}
+
+    # ----- speed (execution only: the math and the checkpoints are the same either way) -----------
+    def _on_cuda(self) -> bool:
+        return self.device.type == "cuda"
+
+    def _enabled(self, option: bool | str) -> bool:
+        return self._on_cuda() if option == "auto" else bool(option)
+
+    def _memory_format(self) -> torch.memory_format:
+        return torch.channels_last if self._enabled(self.hparams.channels_last) else torch.contiguous_format
+
+    def on_fit_start(self) -> None:
+        if self._enabled(self.hparams.channels_last):
+            self.net.to(memory_format=torch.channels_last)
+            self.ema.module.to(memory_format=torch.channels_last)
+
+    def _network(self, which: str):
+        """The training net or the EMA net, compiled on first use when `compile` is on."""
+        net = self.net if which == "train" else self.ema.module
+        if not self._enabled(self.hparams.compile):
+            return net
+        if which not in self._compiled:
+            # sampling runs the same shapes T times: CUDA graphs remove the launch overhead there
+            mode = "default" if which == "train" else "reduce-overhead"
+            self._compiled[which] = torch.compile(net, mode=mode if self._on_cuda() else "default", dynamic=False)
+        return self._compiled[which]
 
     # ----- training ----------------------------------------------------------------------------
     def training_step(self, batch: Tensor, batch_idx: int) -> Tensor:
+        batch = batch.contiguous(memory_format=self._memory_format())
         t = self.diffusion.sample_timesteps(batch.shape[0], batch.device)
-        losses = self.diffusion.training_losses(self.net, batch, t=t)  # (B,)
+        losses = self.diffusion.training_losses(self._network("train"), batch, t=t)  # (B,)
         loss = losses.mean()
+        self._last_loss = loss.detach()
+        if self.global_step % self.hparams.check_every_n_steps == 0:
+            self._check_finite(loss)
+            self._log_loss_by_quarter(losses.detach(), t)
+        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False, batch_size=batch.shape[0])
+        return loss
+
+    def _check_finite(self, loss: Tensor) -> None:
         if not torch.isfinite(loss):
             raise NonFiniteLossError(
                 f"training loss is {loss.item()} at step {self.global_step}; the last checkpoint is kept. "
                 "Lower optimizer.lr, keep gradient clipping on, use bf16-mixed rather than 16-mixed, "
                 "and check that the data lies in [-1, 1]."
             )
-        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False, batch_size=batch.shape[0])
-        self._log_loss_by_quarter(losses.detach(), t)
-        return loss
 
     def _log_loss_by_quarter(self, losses: Tensor, t: Tensor) -> None:
         """train/loss_q0..q3: L_simple over each quarter of the t range (q0 = least noise)."""
@@ -94,7 +137,10 @@ class DiffusionModule(pl.LightningModule):
 
     # ----- exact resume ------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """The RNG streams that draw t, eps and dropout masks, so a resumed run draws what the original would."""
+        """The RNG streams that draw t, eps and dropout masks, so a resumed run draws what the original would.
+        A non-finite last loss stops the save: no checkpoint with NaN weights replaces a good one."""
+        if getattr(self, "_last_loss", None) is not None:
+            self._check_finite(self._last_loss)
         checkpoint["rng_states"] = {"torch": torch.get_rng_state(), "python": list(random.getstate()[1]),
                                     "python_version": random.getstate()[0], "python_gauss": random.getstate()[2]}
         if torch.cuda.is_available():
@@ -126,11 +172,14 @@ class DiffusionModule(pl.LightningModule):
     @torch.no_grad()
     def sample(self, n: int, seed: int = 0, use_ema: bool = True, record_timesteps: Sequence[int] = ()) -> SampleOutput:
         """n samples (n, C, H, W) in [-1, 1] from the EMA network (dropout off), reproducible by seed."""
-        net = self.ema.module if use_ema else self.net
-        was_training = net.training
-        net.eval()
+        base = self.ema.module if use_ema else self.net
+        was_training = base.training
+        base.eval()
+        net = self._network("sample") if use_ema else base
+        bf16 = self.hparams.sample_precision == "bf16" or (self.hparams.sample_precision == "auto" and self._on_cuda())
         try:
             g = torch.Generator(device=self.device).manual_seed(seed)
-            return self.sampler.sample(net, (n, *self.image_shape), generator=g, record_timesteps=record_timesteps)
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bf16):
+                return self.sampler.sample(net, (n, *self.image_shape), generator=g, record_timesteps=record_timesteps)
         finally:
-            net.train(was_training)
+            base.train(was_training)

@@ -1,0 +1,241 @@
+"""GPU throughput of this project's DDPM vs HF diffusers and lucidrains' denoising-diffusion-pytorch.
+
+One process, one GPU. For each implementation and mode: training img/s of the 35.7M-class CIFAR-10
+U-Net at batch 128 (loss, backward, optimizer step and, for ours, the EMA update), peak memory, and
+1000-step ancestral sampling img/s. Each figure is the median of `repeats` timed windows after a
+warm-up (compilation included in the warm-up, never in the timing).
+
+    python benchmarks/bench.py            # the full run (about 8 minutes on an H100)
+    python benchmarks/bench.py --quick    # fewer steps; sampling timed over 100 steps, scaled to 1000
+
+Ours runs through `DiffusionModule.training_step` (the real training path); `--fit` adds the same
+network through `Trainer.fit` (python train.py model=unet_base data=synthetic trainer=gpu).
+Peers are imported only if installed (they are not dependencies of this project).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+
+def timed(fn: Callable[[], None], warmup: int, steps: int, repeats: int) -> float:
+    """Median seconds per call over `repeats` windows of `steps` calls, after `warmup` calls."""
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    windows = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for _ in range(steps):
+            fn()
+        torch.cuda.synchronize()
+        windows.append((time.perf_counter() - start) / steps)
+    return statistics.median(windows)
+
+
+def peak_gib(fn: Callable[[], None]) -> float:
+    torch.cuda.reset_peak_memory_stats()
+    fn()
+    torch.cuda.synchronize()
+    return torch.cuda.max_memory_allocated() / 2**30
+
+
+# ----- ours ------------------------------------------------------------------------------------
+def ours(mode: str, batch: int):
+    """Our DiffusionModule (unet_base, linear T=1000) built from the Hydra configs, in a given mode."""
+    from hydra import compose, initialize_config_dir
+
+    import ddpm  # noqa: F401
+    from ddpm.train import build_module
+
+    compile_ = "compile" in mode
+    cl = "cl" in mode.split("+")
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose(config_name="train", overrides=[
+            "model=unet_base", "data=synthetic", f"module.compile={compile_}", f"module.channels_last={cl}",
+            "module.sample_precision=" + ("bf16" if "bf16" in mode else "32"), "module.check_every_n_steps=1000000",
+            "+optimizer.fused=true", "module.lr_warmup_steps=0"])
+    module = build_module(cfg).cuda()
+    module.on_fit_start()
+    opt = module.configure_optimizers()["optimizer"]
+    x = torch.rand(batch, 3, 32, 32, device="cuda") * 2 - 1
+    module.log = lambda *a, **k: None  # no Trainer here; logging is measured in the --fit figure
+    module._log_loss_by_quarter = lambda *a, **k: None
+    amp = torch.autocast("cuda", dtype=torch.bfloat16, enabled="bf16" in mode)
+
+    def step():
+        with amp:
+            loss = module.training_step(x, 0)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(module.net.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        module.ema.update_parameters(module.net)
+
+    def sample(n: int, steps: int):
+        sub = torch.Generator(device="cuda").manual_seed(0)
+        net = module._network("sample")
+        module.ema.module.eval()
+        xs = torch.randn(n, 3, 32, 32, device="cuda", generator=sub)
+        with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16, enabled="bf16" in mode):
+            for t_int in range(steps - 1, -1, -1):
+                t = torch.full((n,), t_int, device="cuda", dtype=torch.long)
+                st = module.diffusion.p_mean_variance(net(xs, t), xs, t, True)
+                z = torch.randn(xs.shape, device="cuda", generator=sub)
+                xs = module.diffusion.p_sample_step(st, t, z)
+
+    return step, sample, sum(p.numel() for p in module.net.parameters())
+
+
+# ----- peers -----------------------------------------------------------------------------------
+def diffusers_peer(mode: str, batch: int):
+    from diffusers import DDPMScheduler, UNet2DModel
+
+    net = UNet2DModel(sample_size=32, in_channels=3, out_channels=3, layers_per_block=2,
+                      block_out_channels=(128, 256, 256, 256),
+                      down_block_types=("DownBlock2D", "AttnDownBlock2D", "DownBlock2D", "DownBlock2D"),
+                      up_block_types=("UpBlock2D", "UpBlock2D", "AttnUpBlock2D", "UpBlock2D"), dropout=0.1).cuda()
+    sched = DDPMScheduler(num_train_timesteps=1000)
+    opt = torch.optim.Adam(net.parameters(), lr=2e-4)
+    fwd = torch.compile(net) if "compile" in mode else net
+    x = torch.rand(batch, 3, 32, 32, device="cuda") * 2 - 1
+    amp = torch.autocast("cuda", dtype=torch.bfloat16, enabled="bf16" in mode)
+
+    def step():
+        noise = torch.randn_like(x)
+        t = torch.randint(0, 1000, (batch,), device="cuda")
+        with amp:
+            pred = fwd(sched.add_noise(x, noise, t), t).sample
+            loss = torch.nn.functional.mse_loss(pred.float(), noise)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    def sample(n: int, steps: int):
+        sched.set_timesteps(1000)
+        xs = torch.randn(n, 3, 32, 32, device="cuda")
+        net.eval()
+        with torch.no_grad(), amp:
+            for t in sched.timesteps[:steps]:
+                xs = sched.step(fwd(xs, t).sample, t, xs).prev_sample
+        net.train()
+
+    return step, sample, sum(p.numel() for p in net.parameters())
+
+
+def lucidrains_peer(mode: str, batch: int):
+    from denoising_diffusion_pytorch import GaussianDiffusion, Unet
+
+    net = Unet(dim=128, dim_mults=(1, 2, 2, 2), flash_attn=True)
+    diffusion = GaussianDiffusion(net, image_size=32, timesteps=1000, objective="pred_noise").cuda()
+    opt = torch.optim.Adam(diffusion.parameters(), lr=2e-4)
+    x = torch.rand(batch, 3, 32, 32, device="cuda")  # lucidrains normalises [0, 1] -> [-1, 1] inside
+    amp = torch.autocast("cuda", dtype=torch.bfloat16, enabled="bf16" in mode)
+    if "compile" in mode:
+        diffusion.model = torch.compile(diffusion.model)
+
+    def step():
+        with amp:
+            loss = diffusion(x)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(diffusion.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    def sample(n: int, steps: int):
+        diffusion.eval()
+        img = torch.randn(n, 3, 32, 32, device="cuda")
+        with torch.no_grad(), amp:
+            for t in range(steps - 1, -1, -1):
+                img, _ = diffusion.p_sample(img, t)
+        diffusion.train()
+
+    return step, sample, sum(p.numel() for p in net.parameters())
+
+
+IMPLS = {"ours": ours, "diffusers": diffusers_peer, "lucidrains": lucidrains_peer}
+
+
+def measure(name: str, mode: str, args) -> dict:
+    torch.manual_seed(0)
+    try:
+        step, sample, n_params = IMPLS[name](mode, args.batch)
+    except ImportError as err:
+        return {"impl": name, "mode": mode, "error": f"not installed: {err}"}
+    warm = args.compile_warmup if "compile" in mode else args.warmup
+    sec = timed(step, warm, args.steps, args.repeats)
+    mem = peak_gib(step)
+    row = {"impl": name, "mode": mode, "params_M": round(n_params / 1e6, 2), "train_img_s": round(args.batch / sec, 1),
+           "peak_mem_GiB": round(mem, 2)}
+    if not args.no_sample:
+        steps = 1000 if not args.quick else 100
+        sample(args.sample_batch, 3 if "compile" not in mode else 5)  # warm-up (and CUDA-graph capture)
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        sample(args.sample_batch, steps)
+        torch.cuda.synchronize()
+        per_image_1000 = (time.perf_counter() - start) * (1000 / steps) / args.sample_batch
+        row["sample_img_s"] = round(1 / per_image_1000, 2)
+        row["sample_steps_timed"] = steps
+    print(json.dumps(row), flush=True)
+    del step, sample
+    torch.cuda.empty_cache()
+    return row
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--quick", action="store_true")
+    p.add_argument("--batch", type=int, default=128)
+    p.add_argument("--sample-batch", type=int, default=256)
+    p.add_argument("--impls", default="ours,diffusers,lucidrains")
+    p.add_argument("--modes", default="fp32,bf16,bf16+cl,bf16+compile,bf16+compile+cl", help="modes for ours")
+    p.add_argument("--peer-modes", default="fp32,bf16,bf16+compile")
+    p.add_argument("--no-sample", action="store_true")
+    p.add_argument("--out", default=None)
+    args = p.parse_args()
+    args.warmup, args.compile_warmup = (5, 10) if args.quick else (10, 20)
+    args.steps, args.repeats = (10, 3) if args.quick else (25, 5)
+    torch.backends.cudnn.benchmark = True
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+    print(f"# {torch.cuda.get_device_name()} torch {torch.__version__} batch {args.batch} "
+          f"sample batch {args.sample_batch} quick={args.quick}", flush=True)
+    rows = []
+    for name in args.impls.split(","):
+        for mode in (args.modes if name == "ours" else args.peer_modes).split(","):
+            try:
+                rows.append(measure(name, mode, args))
+            except Exception as err:  # a peer's mode failing must not lose the other figures
+                rows.append({"impl": name, "mode": mode, "error": f"{type(err).__name__}: {str(err)[:200]}"})
+                print(json.dumps(rows[-1]), flush=True)
+    ok = [r for r in rows if "error" not in r]
+    best = {k: max((r for r in ok if r["impl"] != "ours"), key=lambda r: r.get(k, 0), default=None)
+            for k in ("train_img_s", "sample_img_s")}
+    print("\n| impl | mode | params (M) | train img/s | peak GiB | sample img/s (1000 steps) |")
+    print("|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['impl']} | {r['mode']} | {r.get('params_M', '')} | {r.get('train_img_s', r.get('error', ''))} | "
+              f"{r.get('peak_mem_GiB', '')} | {r.get('sample_img_s', '')} |")
+    for k, peer in best.items():
+        our_best = max((r.get(k, 0) for r in ok if r["impl"] == "ours"), default=0)
+        if peer:
+            print(f"ours/best peer {k}: {our_best / peer[k]:.2f}x (peer: {peer['impl']} {peer['mode']} {peer[k]})")
+    if args.out:
+        Path(args.out).write_text(json.dumps(rows, indent=2))
+
+
+if __name__ == "__main__":
+    main()
