@@ -7,7 +7,7 @@ from ddpm.data import DigitsDataModule
 from ddpm.features import ClassifierFeatures, InceptionFeatures, quantize
 from ddpm.metrics import SampleMetrics
 
-FAST_CLASSIFIER = {"epochs": 8, "batch_size": 128, "lr": 3e-3, "width": 16, "num_features": 32, "seed": 0}
+FAST_CLASSIFIER = {"steps": 150, "batch_size": 128, "lr": 3e-3, "width": 16, "num_features": 32, "seed": 0}
 
 
 def digits(image_size=8):

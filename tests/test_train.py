@@ -138,7 +138,7 @@ def test_wandb_without_credentials_logs_offline_and_holds_the_run(tmp_path):
     env.update(HOME=str(tmp_path / "home"), WANDB_SILENT="true")
     args = [*FAST, "logger=wandb", "trainer.max_steps=4", "trainer.val_check_interval=2", "trainer.log_every_n_steps=1",
             "callbacks.sample_eval.fid_samples=32", "callbacks.sample_eval.bpd_images=2",
-            f"fid.cache_dir={tmp_path / 'cache'}", "fid.classifier.epochs=1"]
+            f"fid.cache_dir={tmp_path / 'cache'}", "fid.classifier.steps=20"]
     proc = subprocess.run([sys.executable, str(ROOT / "train.py"), f"paths.log_dir={tmp_path / 'logs'}", *args],
                           cwd=tmp_path, capture_output=True, text=True, env=env, timeout=600, stdin=subprocess.DEVNULL)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -178,7 +178,7 @@ def test_eval_py_writes_samples_and_metrics(trained, tmp_path):
     proc = subprocess.run([sys.executable, str(ROOT / "eval.py"), f"ckpt_path={out / 'checkpoints' / 'last.ckpt'}",
                            "n_samples=20", "batch_size=8", "bpd_images=3", "metrics=[fid,bpd]", "logger=csv",
                            f"paths.log_dir={tmp_path / 'logs'}", f"fid.cache_dir={tmp_path / 'cache'}",
-                           "fid.classifier.epochs=1"], cwd=tmp_path, capture_output=True, text=True,
+                           "fid.classifier.steps=20"], cwd=tmp_path, capture_output=True, text=True,
                           env={**os.environ, "WANDB_MODE": "offline"}, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     eval_dir = sorted((tmp_path / "logs" / "eval" / "runs").iterdir())[-1]

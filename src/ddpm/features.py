@@ -102,22 +102,27 @@ def quantize(images: Tensor) -> Tensor:
     return ((images.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
 
 
-def train_classifier(images: Tensor, labels: Tensor, num_classes: int, epochs: int, batch_size: int, lr: float,
+def train_classifier(images: Tensor, labels: Tensor, num_classes: int, steps: int, batch_size: int, lr: float,
                      seed: int, width: int = 32, num_features: int = 128) -> tuple[ClassifierFeatures, float]:
-    """Fit the classifier on (uint8 images, labels); returns it (eval mode) and its final training accuracy."""
+    """Fit the classifier on (uint8 images, labels) for a fixed number of steps (a budget that does not grow
+    with the data set); returns it (eval mode) and its final training accuracy."""
     g = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     net = ClassifierFeatures(images.shape[1], num_classes, width, num_features)
     opt = torch.optim.AdamW(net.parameters(), lr=lr)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps)
     n = images.shape[0]
-    for _ in range(epochs):
-        perm = torch.randperm(n, generator=g)
-        for start in range(0, n, batch_size):
-            idx = perm[start:start + batch_size]
-            loss = F.cross_entropy(net.logits(images[idx]), labels[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
+    perm, pos = torch.randperm(n, generator=g), 0
+    for _ in range(steps):
+        if pos + batch_size > n:
+            perm, pos = torch.randperm(n, generator=g), 0
+        idx = perm[pos:pos + batch_size]
+        pos += batch_size
+        loss = F.cross_entropy(net.logits(images[idx]), labels[idx])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        schedule.step()
     net.eval()
     with torch.no_grad():
         acc = torch.cat([net.logits(images[i:i + 1024]).argmax(1) for i in range(0, n, 1024)]).eq(labels).float().mean()

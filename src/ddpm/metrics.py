@@ -31,7 +31,7 @@ REAL_STATES = ("real_features_sum", "real_features_cov_sum", "real_features_num_
 class ClassifierTraining:
     """How the offline feature classifier is trained (once per data set and image size; then cached)."""
 
-    epochs: int = 20
+    steps: int = 1500
     batch_size: int = 128
     lr: float = 2e-3
     width: int = 32
@@ -89,9 +89,9 @@ class SampleMetrics:
                 raise ValueError(f"{datamodule.name} has no labels to train the feature classifier on: "
                                  "use fid.feature=inception (with fid.weights_path offline)")
             c = self.classifier
-            log.info("Training the feature classifier for %s (%d images, %d epochs); cached at %s",
-                     datamodule.name, len(images), c.epochs, path)
-            net, acc = train_classifier(images, labels, int(labels.max()) + 1, c.epochs, c.batch_size, c.lr, c.seed,
+            log.info("Training the feature classifier for %s (%d images, %d steps); cached at %s",
+                     datamodule.name, len(images), c.steps, path)
+            net, acc = train_classifier(images, labels, int(labels.max()) + 1, c.steps, c.batch_size, c.lr, c.seed,
                                         c.width, c.num_features)
             val_images, val_labels = datamodule.labeled_images("val")
             with torch.no_grad():
