@@ -38,7 +38,10 @@ def main(cfg: DictConfig) -> float:
         log.exception("job failed; the sweep goes on (set sweep_fail_fast=true to stop it)")
         write_job_metrics(Path(cfg.paths.output_dir), {}, "failed", f"{type(err).__name__}: {err}")
         return float("inf")
-    return metrics.get(cfg.optimized_metric, float("nan"))
+    if cfg.optimized_metric not in metrics:  # e.g. FID turned off: a sweeper must still get a number
+        log.warning("optimized_metric %s was not logged; returning inf to the sweeper", cfg.optimized_metric)
+        return float("inf")
+    return metrics[cfg.optimized_metric]
 
 
 if __name__ == "__main__":
