@@ -76,11 +76,8 @@ class SampleEvaluation(pl.Callback):
     # ----- hooks -------------------------------------------------------------------------------
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.metrics is not None:  # on the device: Inception reference statistics are heavy
-            if trainer.is_global_zero:
-                self.metrics.prepare(trainer.datamodule, pl_module.device)
-            trainer.strategy.barrier()
-            if not trainer.is_global_zero:
-                self.metrics.prepare(trainer.datamodule, pl_module.device, holds_reference=False)
+            self.metrics.prepare_on_ranks(trainer.datamodule, pl_module.device, trainer.is_global_zero,
+                                          trainer.strategy.barrier)
         if trainer.is_global_zero and self.chain_frames > 1:
             self._forward_process_figure(trainer, pl_module)
 

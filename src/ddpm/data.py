@@ -36,11 +36,11 @@ class _Flip(Dataset):
         return len(self.base)  # type: ignore[arg-type]
 
     def __getitem__(self, i: int) -> Tensor:
-        x = _image(self.base[i])
+        x = image_of(self.base[i])
         return x.flip(-1) if torch.rand(()) < self.p else x
 
 
-def _image(item) -> Tensor:
+def image_of(item) -> Tensor:
     """Data sets yield an image or (image, label); the diffusion only needs the image."""
     return item[0] if isinstance(item, (tuple, list)) else item
 
@@ -55,7 +55,7 @@ class _Images(Dataset):
         return len(self.base)  # type: ignore[arg-type]
 
     def __getitem__(self, i: int) -> Tensor:
-        return _image(self.base[i])
+        return image_of(self.base[i])
 
 
 def to_minus_one_one(image_size: int, native_size: int, channels: int) -> T.Compose:

@@ -18,6 +18,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from .config import ConfigError, to_plain
+from .data import image_of
 
 log = logging.getLogger(__name__)
 
@@ -63,11 +64,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     metrics = None
     if "fid" in cfg.metrics:
         metrics = SampleMetrics(**to_plain(cfg.fid))
-        if rank == 0:
-            metrics.prepare(datamodule, fabric.device)
-        fabric.barrier()
-        if rank != 0:
-            metrics.prepare(datamodule, fabric.device, holds_reference=False)
+        metrics.prepare_on_ranks(datamodule, fabric.device, rank == 0, fabric.barrier)
 
     per_rank = math.ceil(cfg.n_samples / world)
     shards = []
@@ -116,7 +113,7 @@ def _bits_per_dim(cfg: DictConfig, module, datamodule, fabric) -> dict[str, floa
     val = datamodule.split("val")
     n = min(cfg.bpd_images, len(val))
     idx = list(range(fabric.global_rank, n, fabric.world_size))
-    x0 = torch.stack([_image(val[i]) for i in idx]).to(fabric.device)
+    x0 = torch.stack([image_of(val[i]) for i in idx]).to(fabric.device)
     g = torch.Generator(device=fabric.device).manual_seed(cfg.seed)
     out = module.diffusion.bits_per_dim(module.ema.module if cfg.use_ema else module.net, x0,
                                         clip_denoised=cfg.bpd_clip_denoised, chunk=cfg.batch_size, generator=g)
@@ -126,6 +123,3 @@ def _bits_per_dim(cfg: DictConfig, module, datamodule, fabric) -> dict[str, floa
     return {"bpd": total / count, "bpd_prior": prior / count, "bpd_decoder": decoder / count, "bpd_n": int(count),
             "bpd_clip_denoised": bool(cfg.bpd_clip_denoised)}
 
-
-def _image(item):
-    return item[0] if isinstance(item, (tuple, list)) else item

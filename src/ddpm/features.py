@@ -89,14 +89,6 @@ class InceptionFeatures(nn.Module):
         return self.net(images)
 
 
-def inception_logits_available() -> bool:
-    try:
-        import torch_fidelity  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
 def quantize(images: Tensor) -> Tensor:
     """[-1, 1] float -> uint8 [0, 255], rounding as an 8-bit PNG would: FID sees what a viewer sees."""
     return ((images.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)

@@ -139,6 +139,15 @@ class SampleMetrics:
                 self.kid_metric.real_features = [ref["features"].to(device)]
         return hit
 
+    def prepare_on_ranks(self, datamodule, device: torch.device | str, is_zero: bool, barrier) -> None:
+        """Rank 0 trains the classifier / computes the reference once (and caches it); the others wait,
+        then load from the cache and hold no reference statistics (so summing over ranks counts them once)."""
+        if is_zero:
+            self.prepare(datamodule, device)
+        barrier()
+        if not is_zero:
+            self.prepare(datamodule, device, holds_reference=False)
+
     @torch.no_grad()
     def _reference_from(self, images: Tensor, batch_size: int = 500) -> dict[str, Tensor]:
         for start in range(0, len(images), batch_size):
