@@ -65,7 +65,7 @@ def ours(mode: str, batch: int):
         cfg = compose(config_name="train", overrides=[
             "model=unet_base", "data=synthetic", f"module.compile={compile_}", f"module.channels_last={cl}",
             "module.sample_precision=" + ("bf16" if "bf16" in mode else "32"), "module.check_every_n_steps=1000000",
-            "+optimizer.fused=true", "module.lr_warmup_steps=0"])
+            "module.fused_optimizer=true", "module.lr_warmup_steps=0"])
     module = build_module(cfg).cuda()
     module.on_fit_start()
     opt = module.configure_optimizers()["optimizer"]
@@ -78,7 +78,7 @@ def ours(mode: str, batch: int):
         with amp:
             loss = module.training_step(x, 0)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(module.net.parameters(), 1.0)
+        module.configure_gradient_clipping(opt, 1.0, "norm")  # what Trainer.fit calls: norm, clip, log
         opt.step()
         opt.zero_grad(set_to_none=True)
         module.ema.update_parameters(module.net)

@@ -13,11 +13,12 @@ from typing import Any, Sequence
 
 import lightning.pytorch as pl
 import torch
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from torch import Tensor
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from .config import UserError
+from .config import ConfigError, UserError
 from .diffusion import GaussianDiffusion
 from .samplers import SampleOutput
 
@@ -40,10 +41,11 @@ class DiffusionModule(pl.LightningModule):
         val_seed: int = 0,
         compile: bool | str = False,
         channels_last: bool | str = False,
+        fused_optimizer: bool | str = False,
         sample_precision: str = "32",
         check_every_n_steps: int = 1,
     ) -> None:
-        """compile / channels_last: True, False or "auto" (on when training on a CUDA device).
+        """compile / channels_last / fused_optimizer: True, False or "auto" (on when training on a CUDA device).
         sample_precision: "32", "bf16" or "auto" (bf16 autocast on CUDA). check_every_n_steps: how often the
         loss is checked for NaN and the per-quarter losses are logged (each check waits for the GPU)."""
         super().__init__()
@@ -117,11 +119,22 @@ class DiffusionModule(pl.LightningModule):
             if c:
                 self.log(f"train/loss_q{q}", s / c, on_step=True, on_epoch=False, batch_size=c)
 
-    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        """train/grad_norm: global L2 norm of the gradients before clipping."""
+    def configure_gradient_clipping(self, optimizer: torch.optim.Optimizer, gradient_clip_val: float | None = None,
+                                    gradient_clip_algorithm: str | None = None) -> None:
+        """Clip (trainer.gradient_clip_val) and log train/grad_norm, the global L2 norm before clipping.
+
+        Done here rather than by Lightning: one norm computation serves both, and fused optimizers work
+        (Lightning refuses to clip for them, for the sake of fp16 loss scaling; configure_optimizers refuses
+        that one combination). Lightning calls this after the gradients are unscaled."""
         grads = [p.grad for p in self.net.parameters() if p.grad is not None]
-        if grads:
-            self.log("train/grad_norm", torch.nn.utils.get_total_norm(grads), on_step=True, on_epoch=False)
+        if not grads:
+            return
+        norm = torch.nn.utils.get_total_norm(grads)
+        if gradient_clip_val and gradient_clip_algorithm in (None, "norm"):
+            torch.nn.utils.clip_grads_with_norm_(self.net.parameters(), gradient_clip_val, norm)
+        elif gradient_clip_val:
+            torch.nn.utils.clip_grad_value_(self.net.parameters(), gradient_clip_val)
+        self.log("train/grad_norm", norm, on_step=True, on_epoch=False)
 
     def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
         """Step, then move the EMA towards the new weights (once per optimizer step, also with accumulation)."""
@@ -129,7 +142,18 @@ class DiffusionModule(pl.LightningModule):
         self.ema.update_parameters(self.net)
 
     def configure_optimizers(self) -> dict[str, Any]:
-        optimizer = instantiate(self.hparams.optimizer, params=self.net.parameters())
+        fused = {"fused": True} if self._enabled(self.hparams.get("fused_optimizer", False)) else {}
+        precision = str(self._trainer.precision) if self._trainer is not None else "32-true"  # None: no Trainer
+        if fused and precision == "16-mixed":
+            raise ConfigError("module.fused_optimizer cannot be combined with trainer.precision=16-mixed (the fused "
+                              "step unscales the gradients after clipping); use bf16-mixed or fused_optimizer=false")
+        try:
+            optimizer = instantiate(self.hparams.optimizer, params=self.net.parameters(), **fused)
+        except InstantiationException as err:
+            if not fused:
+                raise
+            raise ConfigError(f"optimizer {self.hparams.optimizer['_target_']} has no fused implementation "
+                              f"({err.__cause__ or err}); set module.fused_optimizer=false") from err
         warmup = max(int(self.hparams.lr_warmup_steps), 0)
         # Linear warm-up from lr/warmup to lr over `warmup` steps, then constant (the DDPM recipe).
         schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup) if warmup else 1.0)
