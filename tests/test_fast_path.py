@@ -110,3 +110,23 @@ def test_fused_optimizer_with_fp16_loss_scaling_is_refused():
     m._trainer = SimpleNamespace(precision="16-mixed")
     with pytest.raises(ConfigError, match="bf16-mixed"):
         m.configure_optimizers()
+
+
+@pytest.mark.parametrize("warmup", [False, True])
+def test_ema_follows_the_float64_recurrence(warmup):
+    """EMA_0 = W_0 (torch copies on the first update), then EMA_k = d_k EMA_{k-1} + (1 - d_k) W_k with
+    d_k = min(decay, (1 + k) / (10 + k)) under warm-up, else decay; recomputed here in float64."""
+    m = make(ema_decay=0.9, ema_warmup=warmup)
+    g = torch.Generator().manual_seed(4)
+    reference = None
+    for step in range(6):
+        with torch.no_grad():
+            for p in m.net.parameters():
+                p.copy_(torch.randn(p.shape, generator=g))
+        weights = [p.detach().double().clone() for p in m.net.parameters()]
+        m.update_ema(step)
+        d = min(0.9, (1 + step) / (10 + step)) if warmup else 0.9
+        reference = weights if reference is None else [d * r + (1 - d) * w for r, w in zip(reference, weights)]
+    for r, e in zip(reference, m.ema.module.parameters()):
+        torch.testing.assert_close(e.double(), r, rtol=1e-6, atol=1e-6)
+    assert m.ema_decay_at(10**6) == 0.9 and (m.ema_decay_at(0) == 0.1) is warmup

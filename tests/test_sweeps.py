@@ -109,6 +109,7 @@ def test_ddpm_cifar10_experiment_is_the_paper_recipe():
     assert (m.base_channels, list(m.channel_mult), m.num_res_blocks, list(m.attention_resolutions), m.dropout) == \
         (128, [1, 2, 2, 2], 2, [16], 0.1)
     assert cfg.module.variance_type == "fixedlarge" and cfg.module.lr_warmup_steps == 5000 and cfg.module.ema_decay == 0.9999
+    assert cfg.module.ema_warmup is False
     o = cfg.optimizer
     assert o._target_ == "torch.optim.Adam" and o.lr == 2e-4 and o.eps == 1e-8 and list(o.betas) == [0.9, 0.999]
     assert o.weight_decay == 0.0

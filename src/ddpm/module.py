@@ -38,6 +38,7 @@ class DiffusionModule(pl.LightningModule):
         variance_type: str = "fixedlarge",
         lr_warmup_steps: int = 0,
         ema_decay: float = 0.9999,
+        ema_warmup: bool = False,
         val_seed: int = 0,
         compile: bool | str = False,
         channels_last: bool | str = False,
@@ -139,6 +140,19 @@ class DiffusionModule(pl.LightningModule):
     def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
         """Step, then move the EMA towards the new weights (once per optimizer step, also with accumulation)."""
         super().optimizer_step(*args, **kwargs)
+        self.update_ema(self.global_step)
+
+    def ema_decay_at(self, step: int) -> float:
+        """The EMA decay after `step` optimizer steps. With ema_warmup: min(decay, (1 + step) / (10 + step)), the
+        warm-up of TF's ExponentialMovingAverage(num_updates) and diffusers' EMAModel, so the random initial
+        weights stop dominating early samples (with 0.999 and no warm-up they weigh 0.999^1000 = 37% at step 1000)."""
+        decay = float(self.hparams.ema_decay)
+        return min(decay, (1 + step) / (10 + step)) if self.hparams.get("ema_warmup") else decay
+
+    def update_ema(self, step: int) -> None:
+        """One EMA update with torch's foreach lerp; the decay is a host float (reading the EMA's own
+        device-side counter would wait for the GPU every step)."""
+        self.ema.multi_avg_fn = get_ema_multi_avg_fn(self.ema_decay_at(step))
         self.ema.update_parameters(self.net)
 
     def configure_optimizers(self) -> dict[str, Any]:
