@@ -81,7 +81,7 @@ def ours(mode: str, batch: int):
         module.configure_gradient_clipping(opt, 1.0, "norm")  # what Trainer.fit calls: norm, clip, log
         opt.step()
         opt.zero_grad(set_to_none=True)
-        module.ema.update_parameters(module.net)
+        module.update_ema(1)  # a steady-state EMA update (decay ema_decay), as optimizer_step does
 
     def sample(n: int, steps: int):
         sub = torch.Generator(device="cuda").manual_seed(0)

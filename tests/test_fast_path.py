@@ -114,7 +114,7 @@ def test_fused_optimizer_with_fp16_loss_scaling_is_refused():
 
 @pytest.mark.parametrize("warmup", [False, True])
 def test_ema_follows_the_float64_recurrence(warmup):
-    """EMA_0 = W_0 (torch copies on the first update), then EMA_k = d_k EMA_{k-1} + (1 - d_k) W_k with
+    """EMA_0 = W_0 (a copy, as torch's AveragedModel makes), then EMA_k = d_k EMA_{k-1} + (1 - d_k) W_k with
     d_k = min(decay, (1 + k) / (10 + k)) under warm-up, else decay; recomputed here in float64."""
     m = make(ema_decay=0.9, ema_warmup=warmup)
     g = torch.Generator().manual_seed(4)
@@ -127,6 +127,23 @@ def test_ema_follows_the_float64_recurrence(warmup):
         m.update_ema(step)
         d = min(0.9, (1 + step) / (10 + step)) if warmup else 0.9
         reference = weights if reference is None else [d * r + (1 - d) * w for r, w in zip(reference, weights)]
+        if step == 0:
+            for w, e in zip(weights, m.ema.module.parameters()):
+                assert torch.equal(e.double(), w)  # the first update copies exactly
     for r, e in zip(reference, m.ema.module.parameters()):
         torch.testing.assert_close(e.double(), r, rtol=1e-6, atol=1e-6)
-    assert m.ema_decay_at(10**6) == 0.9 and (m.ema_decay_at(0) == 0.1) is warmup
+    assert int(m.ema.n_averaged) == 6
+    assert m.ema_decay_at(10**6) == 0.9 and (m.ema_decay_at(1) == 2 / 11) is warmup and m.ema_decay_at(0) == 0.0
+
+
+def test_trainer_step_updates_the_ema_once_starting_with_a_copy():
+    import lightning.pytorch as pl
+    from hydra.utils import instantiate
+
+    cfg = compose(["model=unet_tiny", "scheduler.num_timesteps=20", "data.batch_size=16"])
+    module, data = build_module(cfg), instantiate(cfg.data)
+    pl.Trainer(accelerator="cpu", max_steps=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+               enable_model_summary=False, limit_val_batches=0, num_sanity_val_steps=0).fit(module, datamodule=data)
+    assert int(module.ema.n_averaged) == 1
+    for p, e in zip(module.net.parameters(), module.ema.module.parameters()):
+        assert torch.equal(p, e)

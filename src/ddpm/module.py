@@ -27,6 +27,20 @@ class NonFiniteLossError(UserError, RuntimeError):
     """Training produced a NaN/inf loss; raised before the step is applied or checkpointed."""
 
 
+class EMA(AveragedModel):
+    """torch's AveragedModel with get_ema_multi_avg_fn, updated without reading `n_averaged` on the host.
+
+    AveragedModel.update_parameters tests `n_averaged == 0` on the device tensor, which waits for the GPU
+    at every step. Here the caller passes the decay as a host float (0 on the first update: a copy, as in
+    AveragedModel) and the lerp is the same foreach kernel; `n_averaged` still counts, on the device."""
+
+    def update_parameters(self, model: torch.nn.Module, decay: float) -> None:  # type: ignore[override]
+        ema = [t.detach() for t in (*self.module.parameters(), *self.module.buffers())]
+        new = [t.detach() for t in (*model.parameters(), *model.buffers())]
+        get_ema_multi_avg_fn(decay)(ema, new, None)
+        self.n_averaged += 1
+
+
 class DiffusionModule(pl.LightningModule):
     def __init__(
         self,
@@ -57,7 +71,7 @@ class DiffusionModule(pl.LightningModule):
         self.diffusion = GaussianDiffusion(instantiate(scheduler), variance_type=variance_type)
         # EMA from torch.optim.swa_utils: a foreach lerp per step; part of state_dict, so it is
         # checkpointed and restored with the model and used for every sample.
-        self.ema = AveragedModel(self.net, multi_avg_fn=get_ema_multi_avg_fn(ema_decay), use_buffers=True)
+        self.ema = EMA(self.net, use_buffers=True)
         self.ema.requires_grad_(False)
         self.sampler = instantiate(sampler, diffusion=self.diffusion)
         self.image_shape = tuple(image_shape)
@@ -140,20 +154,20 @@ class DiffusionModule(pl.LightningModule):
     def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
         """Step, then move the EMA towards the new weights (once per optimizer step, also with accumulation)."""
         super().optimizer_step(*args, **kwargs)
-        self.update_ema(self.global_step)
+        self.update_ema(self.global_step - 1)  # global_step already counts this step
 
     def ema_decay_at(self, step: int) -> float:
-        """The EMA decay after `step` optimizer steps. With ema_warmup: min(decay, (1 + step) / (10 + step)), the
-        warm-up of TF's ExponentialMovingAverage(num_updates) and diffusers' EMAModel, so the random initial
+        """The EMA decay of the update after optimizer step `step` (0-based): 0 at step 0 (the EMA starts as a
+        copy of the trained weights), then ema_decay. With ema_warmup, min(ema_decay, (1 + step) / (10 + step)),
+        the warm-up of TF's ExponentialMovingAverage(num_updates) and diffusers' EMAModel: the random initial
         weights stop dominating early samples (with 0.999 and no warm-up they weigh 0.999^1000 = 37% at step 1000)."""
+        if step <= 0:
+            return 0.0
         decay = float(self.hparams.ema_decay)
         return min(decay, (1 + step) / (10 + step)) if self.hparams.get("ema_warmup") else decay
 
     def update_ema(self, step: int) -> None:
-        """One EMA update with torch's foreach lerp; the decay is a host float (reading the EMA's own
-        device-side counter would wait for the GPU every step)."""
-        self.ema.multi_avg_fn = get_ema_multi_avg_fn(self.ema_decay_at(step))
-        self.ema.update_parameters(self.net)
+        self.ema.update_parameters(self.net, self.ema_decay_at(step))
 
     def configure_optimizers(self) -> dict[str, Any]:
         fused = {"fused": True} if self._enabled(self.hparams.get("fused_optimizer", False)) else {}
