@@ -35,9 +35,12 @@ class EMA(AveragedModel):
     AveragedModel) and the lerp is the same foreach kernel; `n_averaged` still counts, on the device."""
 
     def update_parameters(self, model: torch.nn.Module, decay: float) -> None:  # type: ignore[override]
-        ema = [t.detach() for t in (*self.module.parameters(), *self.module.buffers())]
-        new = [t.detach() for t in (*model.parameters(), *model.buffers())]
-        get_ema_multi_avg_fn(decay)(ema, new, None)
+        pairs = list(zip((*self.module.parameters(), *self.module.buffers()), (*model.parameters(), *model.buffers())))
+        update = get_ema_multi_avg_fn(decay)
+        for floating in (True, False):  # torch's update lerps float lists and blends the others; never a mix
+            group = [(e.detach(), n.detach()) for e, n in pairs if e.is_floating_point() == floating]
+            if group:
+                update([e for e, _ in group], [n for _, n in group], None)
         self.n_averaged += 1
 
 
