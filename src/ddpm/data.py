@@ -16,7 +16,7 @@ from typing import Sequence
 import lightning.pytorch as pl
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, Sampler, random_split
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, random_split
 from torchvision import transforms as T
 
 from .config import UserError
@@ -65,16 +65,19 @@ def to_minus_one_one(image_size: int, native_size: int, channels: int) -> T.Comp
     return T.Compose(steps)
 
 
-class EpochSampler(Sampler[int]):
+class EpochSampler(DistributedSampler):
     """A random order that depends on (seed, epoch) alone, so a resumed run sees exactly the batches the
-    uninterrupted run would have; `skip` drops the first indices once (resuming mid-epoch).
+    uninterrupted run would have; `skip` drops this rank's first indices once (resuming mid-epoch).
 
-    Lightning calls `set_epoch` at every epoch start. `__len__` stays the full length so that Lightning's
-    count of the epoch's batches, which it restores from the checkpoint, still matches.
+    With several processes, rank r takes every world-th index of the shared order (the tail that does not
+    divide evenly is dropped, as with drop_last). A DistributedSampler only so that Lightning does not wrap
+    it in another one (which would index past a shortened resumed epoch); it calls `set_epoch` at every epoch
+    start. `__len__` stays the full per-rank length, so Lightning's restored count of the epoch's batches matches.
     """
 
-    def __init__(self, n: int, seed: int) -> None:
+    def __init__(self, n: int, seed: int, rank: int = 0, world_size: int = 1) -> None:  # no super(): no dataset
         self.n, self.seed, self.epoch, self.skip = n, seed, 0, 0
+        self.rank, self.world_size = rank, world_size
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -82,11 +85,12 @@ class EpochSampler(Sampler[int]):
     def __iter__(self):
         g = torch.Generator().manual_seed(self.seed + 1_000_003 * self.epoch)
         order = torch.randperm(self.n, generator=g).tolist()
+        mine = order[self.rank:len(self) * self.world_size:self.world_size]
         skip, self.skip = self.skip, 0
-        return iter(order[skip:])
+        return iter(mine[skip:])
 
     def __len__(self) -> int:
-        return self.n
+        return self.n // self.world_size
 
 
 class ImageDataModule(pl.LightningDataModule):
@@ -173,9 +177,17 @@ class ImageDataModule(pl.LightningDataModule):
         n = len(self.train_set)  # type: ignore[arg-type]
         if n < self.batch_size:
             raise DataError(f"{self.name}: {n} training images, fewer than data.batch_size={self.batch_size}")
-        sampler = EpochSampler(n, self.shuffle_seed)
+        rank, world = self._rank_and_world()
+        if n // world < self.batch_size:
+            raise DataError(f"{self.name}: {n} training images give each of {world} processes fewer than "
+                            f"data.batch_size={self.batch_size}")
+        sampler = EpochSampler(n, self.shuffle_seed, rank, world)
         sampler.skip, self._resume_batches = self._resume_batches * self.batch_size, 0
         return self._loader(self.train_set, sampler, drop_last=True)  # fixed batches per epoch: exact resume
+
+    def _rank_and_world(self) -> tuple[int, int]:
+        trainer = self.trainer
+        return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
 
     def val_dataloader(self) -> DataLoader:
         assert self.val_set is not None, "call setup() first"
@@ -186,7 +198,7 @@ class ImageDataModule(pl.LightningDataModule):
         trainer = self.trainer
         if trainer is None or self.train_set is None:
             return {}
-        per_epoch = len(self.train_set) // self.batch_size  # type: ignore[arg-type]
+        per_epoch = len(self.train_set) // trainer.world_size // self.batch_size  # type: ignore[arg-type]
         done = trainer.global_step * trainer.accumulate_grad_batches
         return {"batches_into_epoch": done % per_epoch, "batch_size": self.batch_size}
 

@@ -8,6 +8,7 @@ tensors and plain values, reloads with `torch.load(..., weights_only=True)`, and
 
 from __future__ import annotations
 
+import logging
 import random
 from typing import Any, Sequence
 
@@ -21,6 +22,11 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from .config import ConfigError, UserError
 from .diffusion import GaussianDiffusion
 from .samplers import SampleOutput
+
+log = logging.getLogger(__name__)
+
+
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune-no-cudagraphs", "max-autotune")
 
 
 class NonFiniteLossError(UserError, RuntimeError):
@@ -58,16 +64,21 @@ class DiffusionModule(pl.LightningModule):
         ema_warmup: bool = False,
         val_seed: int = 0,
         compile: bool | str = False,
+        compile_mode: str = "default",
         channels_last: bool | str = False,
         fused_optimizer: bool | str = False,
         sample_precision: str = "32",
         check_every_n_steps: int = 1,
     ) -> None:
         """compile / channels_last / fused_optimizer: True, False or "auto" (on when training on a CUDA device).
+        compile_mode: torch.compile's mode for the training network ("default", "reduce-overhead" = CUDA graphs,
+        "max-autotune-no-cudagraphs", "max-autotune"); sampling always uses CUDA graphs ("reduce-overhead").
         sample_precision: "32", "bf16" or "auto" (bf16 autocast on CUDA). check_every_n_steps: how often the
         loss is checked for NaN and the per-quarter losses are logged (each check waits for the GPU)."""
         super().__init__()
-        if sample_precision not in ("32", "bf16", "auto"):
+        if compile_mode not in COMPILE_MODES:
+            raise ValueError(f"module.compile_mode must be one of {COMPILE_MODES}, got {compile_mode!r}")
+        if str(sample_precision) not in ("32", "bf16", "auto"):  # Hydra reads `sample_precision=32` as an int
             raise ValueError(f"module.sample_precision must be 32, bf16 or auto, got {sample_precision!r}")
         self.save_hyperparameters()
         self.net = instantiate(model)
@@ -89,28 +100,47 @@ class DiffusionModule(pl.LightningModule):
         return self._on_cuda() if option == "auto" else bool(option)
 
     def _memory_format(self) -> torch.memory_format:
-        return torch.channels_last if self._enabled(self.hparams.channels_last) else torch.contiguous_format
+        eager_channels_last = self._enabled(self.hparams.channels_last) and not self._enabled(self.hparams.compile)
+        return torch.channels_last if eager_channels_last else torch.contiguous_format
 
     def on_fit_start(self) -> None:
-        if self._enabled(self.hparams.channels_last):
+        if self._memory_format() == torch.channels_last:
             self.net.to(memory_format=torch.channels_last)
             self.ema.module.to(memory_format=torch.channels_last)
+        if self._trainer is not None and self.trainer.world_size > 1 and not getattr(self, "_rng_restored", False):
+            # seed_everything gives every rank the same seed, so each rank would draw the same t, eps and dropout
+            # masks for its different images. DDP has already broadcast rank 0's weights: re-seeding changes
+            # only those draws, and makes them independent across ranks.
+            torch.manual_seed(torch.initial_seed() + self.global_rank)
+
+    def _uses_cuda_graphs(self) -> bool:
+        return self._on_cuda() and self._enabled(self.hparams.compile) and \
+            self.hparams.get("compile_mode") in ("reduce-overhead", "max-autotune")
 
     def _network(self, which: str):
-        """The training net or the EMA net, compiled on first use when `compile` is on."""
+        """The training net or the EMA net, compiled on first use when `compile` is on.
+
+        channels_last with compile: Inductor keeps every activation NHWC inside the graph. Its own heuristic
+        skips this U-Net (some convolutions halve the channels), and cuDNN then transposes around each conv;
+        the parameters and the batch stay NCHW outside the graph."""
         net = self.net if which == "train" else self.ema.module
         if not self._enabled(self.hparams.compile):
             return net
         if which not in self._compiled:
             # sampling runs the same shapes T times: CUDA graphs remove the launch overhead there
-            mode = "default" if which == "train" else "reduce-overhead"
-            self._compiled[which] = torch.compile(net, mode=mode if self._on_cuda() else "default", dynamic=False)
+            mode = self.hparams.get("compile_mode", "default") if which == "train" else "reduce-overhead"
+            options = dict(torch._inductor.list_mode_options(mode if self._on_cuda() else "default"))
+            if self._enabled(self.hparams.channels_last):
+                options["force_layout_optimization"] = True
+            self._compiled[which] = torch.compile(net, options=options or None, dynamic=False)
         return self._compiled[which]
 
     # ----- training ----------------------------------------------------------------------------
     def training_step(self, batch: Tensor, batch_idx: int) -> Tensor:
         batch = batch.contiguous(memory_format=self._memory_format())
         t = self.diffusion.sample_timesteps(batch.shape[0], batch.device)
+        if self._uses_cuda_graphs():
+            torch.compiler.cudagraph_mark_step_begin()  # a new iteration: the last step's graph outputs may be reused
         losses = self.diffusion.training_losses(self._network("train"), batch, t=t)  # (B,)
         loss = losses.mean()
         self._last_loss = loss.detach()
@@ -200,6 +230,10 @@ class DiffusionModule(pl.LightningModule):
                                     "python_version": random.getstate()[0], "python_gauss": random.getstate()[2]}
         if torch.cuda.is_available():
             checkpoint["rng_states"]["cuda"] = torch.cuda.get_rng_state_all()
+        if self._trainer is not None and self.trainer.world_size > 1:  # every rank's streams (this runs on all ranks)
+            per_rank: list[Any] = [None] * self.trainer.world_size
+            torch.distributed.all_gather_object(per_rank, checkpoint["rng_states"])
+            checkpoint["rng_states_per_rank"] = per_rank
         for logger in self.loggers:  # a resumed run continues the same W&B run
             if type(logger).__name__ == "WandbLogger":
                 checkpoint["wandb_run_id"] = logger.version
@@ -208,6 +242,14 @@ class DiffusionModule(pl.LightningModule):
         states = checkpoint.get("rng_states")
         if not states:
             return
+        world = self.trainer.world_size if self._trainer is not None else 1
+        per_rank = checkpoint.get("rng_states_per_rank") or [states]
+        if len(per_rank) == world:
+            states = per_rank[self.global_rank if world > 1 else 0]
+            self._rng_restored = True
+        else:  # another number of processes than the run that saved it: on_fit_start gives each rank its own seed
+            log.warning("checkpoint saved by %d process(es), resumed on %d: training continues, but not with the "
+                        "random draws of an uninterrupted run", len(per_rank), world)
         torch.set_rng_state(states["torch"])
         random.setstate((states["python_version"], tuple(states["python"]), states["python_gauss"]))
         if "cuda" in states and torch.cuda.is_available() and len(states["cuda"]) == torch.cuda.device_count():
