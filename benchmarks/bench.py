@@ -44,37 +44,47 @@ def timed(fn: Callable[[], None], warmup: int, steps: int, repeats: int) -> floa
     return statistics.median(windows)
 
 
-def peak_gib(fn: Callable[[], None]) -> float:
+def peak_gib(fn: Callable[[], None]) -> tuple[float, float]:
+    """Peak GiB allocated and reserved over one steady-state call, after dropping cached blocks.
+
+    Reserved is the figure compared: with CUDA graphs the step's activations live in the graph's private
+    pool, which stays reserved (not allocated) between replays."""
+    torch.cuda.synchronize()
+    torch.cuda.empty_cache()  # cached blocks (cuDNN autotuning workspaces, compile-time trials) are not needed
     torch.cuda.reset_peak_memory_stats()
     fn()
     torch.cuda.synchronize()
-    return torch.cuda.max_memory_allocated() / 2**30
+    return torch.cuda.max_memory_allocated() / 2**30, torch.cuda.max_memory_reserved() / 2**30
 
 
 # ----- ours ------------------------------------------------------------------------------------
-def ours(mode: str, batch: int):
-    """Our DiffusionModule (unet_base, linear T=1000) built from the Hydra configs, in a given mode."""
+def build_ours(mode: str, model: str = "unet_base"):
+    """Our DiffusionModule (unet_base, linear T=1000) built from the Hydra configs, in a given mode.
+
+    Mode tokens: fp32 | bf16, compile, cg (compile_mode=reduce-overhead: CUDA graphs for training too),
+    ma (max-autotune-no-cudagraphs), cl (channels_last: NHWC activations)."""
     from hydra import compose, initialize_config_dir
 
-    import ddpm  # noqa: F401
     from ddpm.train import build_module
 
-    compile_ = "compile" in mode
-    cl = "cl" in mode.split("+")
+    tokens = mode.split("+")
+    compile_mode = "reduce-overhead" if "cg" in tokens else "max-autotune-no-cudagraphs" if "ma" in tokens else "default"
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         cfg = compose(config_name="train", overrides=[
-            "model=unet_base", "data=synthetic", f"module.compile={compile_}", f"module.channels_last={cl}",
-            "module.sample_precision=" + ("bf16" if "bf16" in mode else "32"), "module.check_every_n_steps=1000000",
+            f"model={model}", "data=synthetic", f"module.compile={'compile' in tokens}",
+            f"module.compile_mode={compile_mode}", f"module.channels_last={'cl' in tokens}",
+            "module.sample_precision=" + ("bf16" if "bf16" in tokens else "32"),
             "module.fused_optimizer=true", "module.lr_warmup_steps=0"])
     module = build_module(cfg).cuda()
     module.on_fit_start()
     opt = module.configure_optimizers()["optimizer"]
-    x = torch.rand(batch, 3, 32, 32, device="cuda") * 2 - 1
-    module.log = lambda *a, **k: None  # no Trainer here; logging is measured in the --fit figure
-    module._log_loss_by_quarter = lambda *a, **k: None
-    amp = torch.autocast("cuda", dtype=torch.bfloat16, enabled="bf16" in mode)
+    # No Trainer here: logging and the NaN check (every log_every_n_steps in Trainer.fit, each a GPU sync;
+    # with no Trainer global_step stays 0, so they would run at every step) are in the Trainer.fit figure.
+    module.log = lambda *a, **k: None
+    module._log_loss_by_quarter = module._check_finite = lambda *a, **k: None
+    amp = torch.autocast("cuda", dtype=torch.bfloat16, enabled="bf16" in tokens)
 
-    def step():
+    def step(x: torch.Tensor) -> torch.Tensor:
         with amp:
             loss = module.training_step(x, 0)
         loss.backward()
@@ -82,13 +92,24 @@ def ours(mode: str, batch: int):
         opt.step()
         opt.zero_grad(set_to_none=True)
         module.update_ema(1)  # a steady-state EMA update (decay ema_decay), as optimizer_step does
+        return loss.detach()
+
+    return module, step
+
+
+def ours(mode: str, batch: int):
+    module, train_step = build_ours(mode)
+    x = torch.rand(batch, 3, 32, 32, device="cuda") * 2 - 1
+
+    def step():
+        train_step(x)
 
     def sample(n: int, steps: int):
         sub = torch.Generator(device="cuda").manual_seed(0)
         net = module._network("sample")
         module.ema.module.eval()
         xs = torch.randn(n, 3, 32, 32, device="cuda", generator=sub)
-        with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16, enabled="bf16" in mode):
+        with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16, enabled="bf16" in mode.split("+")):
             for t_int in range(steps - 1, -1, -1):
                 t = torch.full((n,), t_int, device="cuda", dtype=torch.long)
                 st = module.diffusion.p_mean_variance(net(xs, t), xs, t, True)
@@ -165,7 +186,94 @@ def lucidrains_peer(mode: str, batch: int):
     return step, sample, sum(p.numel() for p in net.parameters())
 
 
+def check_fast_path(mode: str, steps: int = 4) -> bool:
+    """The fast mode's losses and gradients against fp32 eager, same weights, t and noise.
+
+    On unet_tiny (no dropout, so both paths compute the same function; the same blocks as unet_base:
+    convolutions that halve the channels, attention, GroupNorm), which compiles in seconds.
+
+    bf16 autocast rounds activations to 8 bits of mantissa: the stated tolerances are 2e-2 relative on the
+    loss and 5e-2 on the gradient vector (||g_fast - g_ref|| / ||g_ref||); CUDA-graph replays (steps 2..)
+    must agree as well as the first call."""
+    results = {}
+    for m in ("fp32", mode):
+        torch.manual_seed(0)
+        module, _ = build_ours(m, "unet_tiny")
+        torch.manual_seed(1)
+        x = torch.rand(64, 3, 32, 32, device="cuda") * 2 - 1
+        opt = module.configure_optimizers()["optimizer"]
+        amp = torch.autocast("cuda", dtype=torch.bfloat16, enabled="bf16" in m.split("+"))
+        losses, grads = [], []
+        for _ in range(steps):
+            with amp:
+                loss = module.training_step(x, 0)
+            loss.backward()
+            losses.append(loss.item())
+            grads.append(torch.cat([p.grad.flatten().double() for p in module.net.parameters()]))
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+        results[m] = losses, grads
+        del module
+    ok = True
+    for i, ((l_ref, g_ref), (l_fast, g_fast)) in enumerate(zip(zip(*results["fp32"]), zip(*results[mode]))):
+        loss_err = abs(l_fast - l_ref) / abs(l_ref)
+        grad_err = ((g_fast - g_ref).norm() / g_ref.norm()).item()
+        ok &= loss_err < 2e-2 and grad_err < 5e-2
+        print(f"# check {mode} step {i}: loss {l_fast:.5f} vs fp32 {l_ref:.5f} (rel {loss_err:.1e}), "
+              f"gradient rel err {grad_err:.1e}", flush=True)
+    print(f"# check {mode}: {'PASS' if ok else 'FAIL'}", flush=True)
+    return ok
+
+
 IMPLS = {"ours": ours, "diffusers": diffusers_peer, "lucidrains": lucidrains_peer}
+
+# kernel-name patterns -> where the time goes (first match wins)
+CATEGORIES = [
+    ("attention (flash / mem-efficient)", ("flash", "fmha", "attention", "efficient_attention")),
+    ("optimizer / EMA / clip (multi-tensor)", ("multi_tensor", "fused_adam", "adam", "foreach", "lerp")),
+    ("layout transposes", ("nchwtonhwc", "nhwctonchw", "transpose", "permute")),
+    ("convolution (cuDNN / CUTLASS)", ("conv", "cudnn", "xmma", "dgrad", "wgrad", "fprop", "implicit", "sm90_",
+                                       "cutlass", "winograd")),
+    ("matmul (cuBLAS)", ("gemm", "nvjet", "cublas")),
+    ("fused pointwise / norm (Triton)", ("triton",)),
+    ("group norm (aten)", ("group_norm", "groupnorm", "rowwisemoments", "compute_stats")),
+    ("other elementwise / reduce (aten)", ("elementwise", "reduce", "vectorized", "index", "cat", "copy", "fill")),
+    ("memcpy / memset", ("memcpy", "memset")),
+]
+
+
+def profile(label: str, fn: Callable[[], None], calls: int, out_dir: Path | None) -> None:
+    """Kernel time per call by category, GPU busy vs wall time, and the 12 costliest kernels."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    fn()
+    torch.cuda.synchronize()
+    with torch_profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        start = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        torch.cuda.synchronize()
+        wall_ms = (time.perf_counter() - start) * 1e3 / calls
+    kernels = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+    by_cat: dict[str, float] = {}
+    by_name: dict[str, list[float]] = {}
+    for e in kernels:
+        us = e.time_range.elapsed_us()
+        low = e.name.lower()
+        cat = next((c for c, keys in CATEGORIES if any(k in low for k in keys)), "other")
+        by_cat[cat] = by_cat.get(cat, 0.0) + us / 1e3 / calls
+        by_name.setdefault(e.name[:110], []).append(us)
+    busy = sum(by_cat.values())
+    print(f"\n## profile {label}: wall {wall_ms:.2f} ms/call (profiler on), kernels {busy:.2f} ms/call "
+          f"({len(kernels) / calls:.0f} launches/call), GPU idle {max(wall_ms - busy, 0):.2f} ms/call")
+    for cat, ms in sorted(by_cat.items(), key=lambda kv: -kv[1]):
+        print(f"  {ms:8.2f} ms {100 * ms / max(busy, 1e-9):5.1f}%  {cat}")
+    print("  top kernels (ms/call, launches/call, name):")
+    for name, us in sorted(by_name.items(), key=lambda kv: -sum(kv[1]))[:12]:
+        print(f"  {sum(us) / 1e3 / calls:8.2f} {len(us) / calls:5.0f}  {name}")
+    if out_dir is not None:
+        prof.export_chrome_trace(str(out_dir / f"trace_{label.replace('+', '_').replace(' ', '_')}.json"))
 
 
 def measure(name: str, mode: str, args) -> dict:
@@ -176,9 +284,12 @@ def measure(name: str, mode: str, args) -> dict:
         return {"impl": name, "mode": mode, "error": f"not installed: {err}"}
     warm = args.compile_warmup if "compile" in mode else args.warmup
     sec = timed(step, warm, args.steps, args.repeats)
-    mem = peak_gib(step)
+    mem, reserved = peak_gib(step)
+    if args.profile:
+        profile(f"{name} {mode} train", step, 3, args.trace_dir)
     row = {"impl": name, "mode": mode, "params_M": round(n_params / 1e6, 2), "train_img_s": round(args.batch / sec, 1),
-           "peak_mem_GiB": round(mem, 2)}
+           "peak_alloc_GiB": round(mem, 2),
+           "peak_reserved_GiB": round(reserved, 2)}
     if not args.no_sample:
         steps = 1000 if not args.quick else 100
         sample(args.sample_batch, 3 if "compile" not in mode else 5)  # warm-up (and CUDA-graph capture)
@@ -189,6 +300,8 @@ def measure(name: str, mode: str, args) -> dict:
         per_image_1000 = (time.perf_counter() - start) * (1000 / steps) / args.sample_batch
         row["sample_img_s"] = round(1 / per_image_1000, 2)
         row["sample_steps_timed"] = steps
+        if args.profile:
+            profile(f"{name} {mode} sample x10 steps", lambda: sample(args.sample_batch, 10), 1, args.trace_dir)
     print(json.dumps(row), flush=True)
     del step, sample
     torch.cuda.empty_cache()
@@ -204,7 +317,12 @@ def main() -> None:
     p.add_argument("--modes", default="fp32,bf16,bf16+cl,bf16+compile,bf16+compile+cl", help="modes for ours")
     p.add_argument("--peer-modes", default="fp32,bf16,bf16+compile")
     p.add_argument("--no-sample", action="store_true")
+    p.add_argument("--skip", default="lucidrains:bf16+compile",
+                   help="impl:mode pairs not run (lucidrains' compiled backward fails on torch 2.11, RESULTS.md)")
     p.add_argument("--out", default=None)
+    p.add_argument("--check", default=None, help="first compare this mode of ours with fp32 eager (losses, gradients)")
+    p.add_argument("--profile", action="store_true", help="also print a kernel profile of each training step")
+    p.add_argument("--trace-dir", type=Path, default=None, help="write the profiler's Chrome traces here")
     args = p.parse_args()
     args.warmup, args.compile_warmup = (5, 10) if args.quick else (10, 20)
     args.steps, args.repeats = (10, 3) if args.quick else (25, 5)
@@ -213,9 +331,16 @@ def main() -> None:
     torch.backends.cudnn.allow_tf32 = True
     print(f"# {torch.cuda.get_device_name()} torch {torch.__version__} batch {args.batch} "
           f"sample batch {args.sample_batch} quick={args.quick}", flush=True)
+    if args.check:
+        try:
+            check_fast_path(args.check)
+        except Exception as err:  # report it, and still measure
+            print(f"# check {args.check}: ERROR {type(err).__name__}: {err}", flush=True)
     rows = []
     for name in args.impls.split(","):
         for mode in (args.modes if name == "ours" else args.peer_modes).split(","):
+            if f"{name}:{mode}" in args.skip.split(","):
+                continue
             try:
                 rows.append(measure(name, mode, args))
             except Exception as err:  # a peer's mode failing must not lose the other figures
@@ -224,11 +349,12 @@ def main() -> None:
     ok = [r for r in rows if "error" not in r]
     best = {k: max((r for r in ok if r["impl"] != "ours"), key=lambda r: r.get(k, 0), default=None)
             for k in ("train_img_s", "sample_img_s")}
-    print("\n| impl | mode | params (M) | train img/s | peak GiB | sample img/s (1000 steps) |")
+    print("\n| impl | mode | params (M) | train img/s | peak GiB reserved (allocated) | sample img/s (1000 steps) |")
     print("|---|---|---|---|---|---|")
     for r in rows:
+        mem = f"{r['peak_reserved_GiB']} ({r['peak_alloc_GiB']})" if "peak_reserved_GiB" in r else ""
         print(f"| {r['impl']} | {r['mode']} | {r.get('params_M', '')} | {r.get('train_img_s', r.get('error', ''))} | "
-              f"{r.get('peak_mem_GiB', '')} | {r.get('sample_img_s', '')} |")
+              f"{mem} | {r.get('sample_img_s', '')} |")
     for k, peer in best.items():
         our_best = max((r.get(k, 0) for r in ok if r["impl"] == "ours"), default=0)
         if peer:

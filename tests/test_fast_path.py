@@ -147,3 +147,15 @@ def test_trainer_step_updates_the_ema_once_starting_with_a_copy():
     assert int(module.ema.n_averaged) == 1
     for p, e in zip(module.net.parameters(), module.ema.module.parameters()):
         assert torch.equal(p, e)
+
+
+def test_unknown_compile_mode_is_refused_and_sample_precision_32_is_accepted():
+    with pytest.raises(Exception, match="compile_mode must be one of"):
+        make(compile_mode="fastest")
+    assert make(sample_precision=32).hparams.sample_precision == 32  # Hydra reads `=32` as an int
+
+
+def test_channels_last_with_compile_keeps_tensors_nchw_outside_the_graph():
+    """compiled: Inductor lays activations out NHWC inside the graph; the parameters and batch stay NCHW."""
+    assert make(compile=True, channels_last=True)._memory_format() == torch.contiguous_format
+    assert make(channels_last=True)._memory_format() == torch.channels_last  # eager: the tensors themselves
