@@ -175,12 +175,10 @@ class ImageDataModule(pl.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         assert self.train_set is not None, "call setup() first"
         n = len(self.train_set)  # type: ignore[arg-type]
-        if n < self.batch_size:
-            raise DataError(f"{self.name}: {n} training images, fewer than data.batch_size={self.batch_size}")
         rank, world = self._rank_and_world()
         if n // world < self.batch_size:
-            raise DataError(f"{self.name}: {n} training images give each of {world} processes fewer than "
-                            f"data.batch_size={self.batch_size}")
+            raise DataError(f"{self.name}: {n} training images, over {world} process(es) fewer than "
+                            f"data.batch_size={self.batch_size} each")
         sampler = EpochSampler(n, self.shuffle_seed, rank, world)
         sampler.skip, self._resume_batches = self._resume_batches * self.batch_size, 0
         return self._loader(self.train_set, sampler, drop_last=True)  # fixed batches per epoch: exact resume

@@ -114,8 +114,9 @@ class DiffusionModule(pl.LightningModule):
             torch.manual_seed(torch.initial_seed() + self.global_rank)
 
     def _uses_cuda_graphs(self) -> bool:
+        mode = self.hparams.get("compile_mode", "default")
         return self._on_cuda() and self._enabled(self.hparams.compile) and \
-            self.hparams.get("compile_mode") in ("reduce-overhead", "max-autotune")
+            bool(torch._inductor.list_mode_options(mode).get("triton.cudagraphs"))
 
     def _network(self, which: str):
         """The training net or the EMA net, compiled on first use when `compile` is on.
@@ -245,7 +246,7 @@ class DiffusionModule(pl.LightningModule):
         world = self.trainer.world_size if self._trainer is not None else 1
         per_rank = checkpoint.get("rng_states_per_rank") or [states]
         if len(per_rank) == world:
-            states = per_rank[self.global_rank if world > 1 else 0]
+            states = per_rank[self.global_rank]
             self._rng_restored = True
         else:  # another number of processes than the run that saved it: on_fit_start gives each rank its own seed
             log.warning("checkpoint saved by %d process(es), resumed on %d: training continues, but not with the "
