@@ -9,7 +9,7 @@ warm-up (compilation included in the warm-up, never in the timing).
     python benchmarks/bench.py            # sampling timed over all 1000 steps, longer windows
 
 Modes of ours: fp32 | bf16, +compile, +cg (CUDA graphs for training: module.compile_mode=reduce-overhead),
-+ma (max-autotune-no-cudagraphs), +cl (channels_last). The default, bf16+compile+cg+cl, is what
++ma (max-autotune-no-cudagraphs), +cl (channels_last); experiment: +gn2 (see mode_patches). The default, bf16+compile+cg+cl, is what
 `python train.py trainer=gpu` runs. Time on an H100 (measured in parts): ours about 3.5 minutes with --check,
 compilation included; a peer's compiled mode about as long again.
 
@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -88,17 +89,30 @@ def build_ours(mode: str, model: str = "unet_base"):
     module.log = lambda *a, **k: None
     module._log_loss_by_quarter = module._check_finite = lambda *a, **k: None
     amp = torch.autocast("cuda", dtype=torch.bfloat16, enabled="bf16" in tokens)
+    state: dict[str, torch.Tensor] = {}
 
-    def step(x: torch.Tensor) -> torch.Tensor:
+    def forward() -> None:
         with amp:
-            loss = module.training_step(x, 0)
-        loss.backward()
+            state["loss"] = module.training_step(state["x"], 0)
+
+    def clip() -> None:
         module.configure_gradient_clipping(opt, 1.0, "norm")  # what Trainer.fit calls: norm, clip, log
+
+    def optimizer() -> None:
         opt.step()
         opt.zero_grad(set_to_none=True)
-        module.update_ema(1)  # a steady-state EMA update (decay ema_decay), as optimizer_step does
-        return loss.detach()
 
+    # one training step, in the order Trainer.fit runs it; EMA: a steady-state update (decay ema_decay)
+    parts = [("forward", forward), ("backward", lambda: state["loss"].backward()), ("clip", clip),
+             ("optimizer", optimizer), ("ema", lambda: module.update_ema(1))]
+
+    def step(x: torch.Tensor) -> torch.Tensor:
+        state["x"] = x
+        for _, part in parts:
+            part()
+        return state.pop("loss").detach()
+
+    step.parts_for = lambda x: [("batch", lambda: state.update(x=x)), *parts]  # type: ignore[attr-defined]
     return module, step
 
 
@@ -108,6 +122,8 @@ def ours(mode: str, batch: int):
 
     def step():
         train_step(x)
+
+    step.parts = train_step.parts_for(x)  # type: ignore[attr-defined]
 
     def sample(n: int, steps: int):
         sub = torch.Generator(device="cuda").manual_seed(0)
@@ -248,7 +264,7 @@ CATEGORIES = [
 
 
 def profile(label: str, fn: Callable[[], None], calls: int, out_dir: Path | None) -> None:
-    """Kernel time per call by category, GPU busy vs wall time, and the 12 costliest kernels."""
+    """Kernel time per call by category, GPU busy vs wall time, and the 30 costliest kernels."""
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
 
@@ -275,13 +291,66 @@ def profile(label: str, fn: Callable[[], None], calls: int, out_dir: Path | None
     for cat, ms in sorted(by_cat.items(), key=lambda kv: -kv[1]):
         print(f"  {ms:8.2f} ms {100 * ms / max(busy, 1e-9):5.1f}%  {cat}")
     print("  top kernels (ms/call, launches/call, name):")
-    for name, us in sorted(by_name.items(), key=lambda kv: -sum(kv[1]))[:12]:
+    for name, us in sorted(by_name.items(), key=lambda kv: -sum(kv[1]))[:30]:
         print(f"  {sum(us) / 1e3 / calls:8.2f} {len(us) / calls:5.0f}  {name}")
     if out_dir is not None:
-        prof.export_chrome_trace(str(out_dir / f"trace_{label.replace('+', '_').replace(' ', '_')}.json"))
+        path = out_dir / f"trace_{label.replace('+', '_').replace(' ', '_')}.json"
+        prof.export_chrome_trace(str(path))
+        subprocess.run(["gzip", "-f", str(path)], check=True)  # a few MB: small enough to bring back
+
+
+def host_breakdown(parts: list[tuple[str, Callable[[], None]]], steps: int = 7) -> None:
+    """Host (CPU) milliseconds of each part of a training step, each started on a drained GPU.
+
+    A part whose host time is large either costs that much Python / launch time or waits for the GPU itself;
+    with every part starting on an idle GPU, the sum is what the CPU needs per step. If it is near the
+    step's wall time, the step is bound by the CPU."""
+    times: dict[str, list[float]] = {name: [] for name, _ in parts}
+    for _ in range(steps):
+        for name, part in parts:
+            torch.cuda.synchronize()
+            start = time.perf_counter()
+            part()
+            times[name].append((time.perf_counter() - start) * 1e3)
+    torch.cuda.synchronize()
+    med = {name: statistics.median(ts) for name, ts in times.items()}
+    print("  host ms per part (GPU drained before each): " + ", ".join(f"{n} {ms:.2f}" for n, ms in med.items())
+          + f"; total {sum(med.values()):.2f}", flush=True)
+
+
+def group_norm_by_channel(self: torch.nn.GroupNorm, x: torch.Tensor) -> torch.Tensor:
+    """Experiment (mode token gn2): GroupNorm from per-channel statistics, combined per group.
+
+    The same function as F.group_norm under autocast (fp32 statistics and output, two-pass variance); the
+    reductions run over H*W for each channel, which in the NHWC layout reads contiguous channel rows."""
+    n, c = x.shape[:2]
+    g = self.num_groups
+    xf = x.float()
+    per_group = lambda s: s.view(n, g, c // g).mean(-1)[:, :, None].expand(n, g, c // g).reshape(n, c, 1, 1)  # noqa
+    mean = per_group(xf.mean((2, 3)))  # (N, C, 1, 1)
+    centered = xf - mean
+    rstd = torch.rsqrt(per_group(centered.square().mean((2, 3))) + self.eps)
+    return centered * rstd * self.weight.view(1, c, 1, 1) + self.bias.view(1, c, 1, 1)
+
+
+def mode_patches(mode: str):
+    """Experimental mode token gn2 (group_norm_by_channel), patched in for one measurement. Run it in a process
+    of its own (one --modes entry): Dynamo may reuse a graph compiled under the patch for a later mode."""
+    from contextlib import ExitStack
+    from unittest import mock
+
+    stack = ExitStack()
+    if "gn2" in mode.split("+"):
+        stack.enter_context(mock.patch.object(torch.nn.GroupNorm, "forward", group_norm_by_channel))
+    return stack
 
 
 def measure(name: str, mode: str, args) -> dict:
+    with mode_patches(mode):
+        return _measure(name, mode, args)
+
+
+def _measure(name: str, mode: str, args) -> dict:
     torch.manual_seed(0)
     try:
         step, sample, n_params = IMPLS[name](mode, args.batch)
@@ -292,6 +361,8 @@ def measure(name: str, mode: str, args) -> dict:
     mem, reserved = peak_gib(step)
     if args.profile:
         profile(f"{name} {mode} train", step, 3, args.trace_dir)
+        if hasattr(step, "parts"):
+            host_breakdown(step.parts)
     row = {"impl": name, "mode": mode, "params_M": round(n_params / 1e6, 2), "train_img_s": round(args.batch / sec, 1),
            "peak_alloc_GiB": round(mem, 2),
            "peak_reserved_GiB": round(reserved, 2)}

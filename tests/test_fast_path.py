@@ -159,3 +159,20 @@ def test_channels_last_with_compile_keeps_tensors_nchw_outside_the_graph():
     """compiled: Inductor lays activations out NHWC inside the graph; the parameters and batch stay NCHW."""
     assert make(compile=True, channels_last=True)._memory_format() == torch.contiguous_format
     assert make(channels_last=True)._memory_format() == torch.channels_last  # eager: the tensors themselves
+
+
+def test_ema_still_tracks_the_weights_after_load_state_dict_and_to():
+    """The EMA caches its tensor lists; load_state_dict and .to() change the tensors' data in place, and the
+    next update must still read and write those tensors (checked against the float64 recurrence)."""
+    m, other = make(ema_decay=0.5), make(ema_decay=0.5)
+    m.update_ema(0)
+    with torch.no_grad():
+        for p in other.net.parameters():
+            p.add_(1.0)
+    m.load_state_dict(other.state_dict())
+    m.to(torch.float64)
+    before = [e.clone() for e in m.ema.module.parameters()]
+    m.update_ema(1)
+    for b, w, e in zip(before, m.net.parameters(), m.ema.module.parameters()):
+        assert e.dtype == torch.float64
+        torch.testing.assert_close(e, 0.5 * b + 0.5 * w.detach(), rtol=0, atol=1e-12)

@@ -103,3 +103,21 @@ def test_forward_rejects_wrong_input_shape():
     net = UNet(8, 1, base_channels=16, channel_mult=(1, 2), num_res_blocks=1, attention_resolutions=(), num_groups=8)
     with pytest.raises(ValueError, match=r"UNet expects \(B, 1, 8, 8\)"):
         net(torch.randn(1, 3, 8, 8), torch.tensor([0]))
+
+
+def test_upsample_equals_nearest_interpolation_in_values_gradients_and_layout():
+    """Upsample broadcasts instead of calling F.interpolate (a cheaper backward): same function, float64."""
+    import torch.nn.functional as F
+
+    from ddpm.unet import Upsample
+
+    torch.manual_seed(0)
+    up = Upsample(4).double()
+    x = torch.randn(2, 4, 5, 3, dtype=torch.float64, requires_grad=True)
+    ours, ref = up(x), up.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+    assert torch.equal(ours, ref)
+    g = torch.randn_like(ours)
+    grad_ours, grad_ref = torch.autograd.grad(ours, x, g)[0], torch.autograd.grad(ref, x, g)[0]
+    torch.testing.assert_close(grad_ours, grad_ref, rtol=1e-12, atol=1e-12)  # only the summation order differs
+    nhwc = x.detach().to(memory_format=torch.channels_last)
+    assert up(nhwc).is_contiguous(memory_format=torch.channels_last)

@@ -41,13 +41,24 @@ class EMA(AveragedModel):
     AveragedModel) and the lerp is the same foreach kernel; `n_averaged` still counts, on the device."""
 
     def update_parameters(self, model: torch.nn.Module, decay: float) -> None:  # type: ignore[override]
-        pairs = list(zip((*self.module.parameters(), *self.module.buffers()), (*model.parameters(), *model.buffers())))
-        update = get_ema_multi_avg_fn(decay)
-        for floating in (True, False):  # torch's update lerps float lists and blends the others; never a mix
-            group = [(e.detach(), n.detach()) for e, n in pairs if e.is_floating_point() == floating]
-            if group:
-                update([e for e, _ in group], [n for _, n in group], None)
+        update = get_ema_multi_avg_fn(decay)  # no_grad inside: the tensors need no detach
+        for ema_tensors, model_tensors in self._tensor_lists(model):
+            update(ema_tensors, model_tensors, None)
         self.n_averaged += 1
+
+    def _tensor_lists(self, model: torch.nn.Module) -> list[tuple[list[Tensor], list[Tensor]]]:
+        """(EMA tensors, model tensors) for the float and the other tensors, built once per model.
+
+        Walking both module trees costs milliseconds of Python per step, more than the GPU needs for the lerp.
+        The Parameter and buffer objects outlive .to() and load_state_dict (both change .data in place), so
+        the lists stay valid; torch's update lerps float lists and blends the others, never a mix."""
+        cached = self.__dict__.get("_lists")  # kept out of the module tree: no submodule, no state_dict entry
+        if cached is None or cached[0] is not model:
+            pairs = list(zip((*self.module.parameters(), *self.module.buffers()), (*model.parameters(), *model.buffers())))
+            groups = [[(e, n) for e, n in pairs if e.is_floating_point() == floating] for floating in (True, False)]
+            cached = (model, [([e for e, _ in g], [n for _, n in g]) for g in groups if g])
+            self.__dict__["_lists"] = cached
+        return cached[1]
 
 
 class DiffusionModule(pl.LightningModule):
@@ -175,14 +186,15 @@ class DiffusionModule(pl.LightningModule):
         Done here rather than by Lightning: one norm computation serves both, and fused optimizers work
         (Lightning refuses to clip for them, for the sake of fp16 loss scaling; configure_optimizers refuses
         that one combination). Lightning calls this after the gradients are unscaled."""
-        grads = [p.grad for p in self.net.parameters() if p.grad is not None]
+        params = self.__dict__.get("_params") or self.__dict__.setdefault("_params", list(self.net.parameters()))
+        grads = [p.grad for p in params if p.grad is not None]  # the cached list saves a module walk per step
         if not grads:
             return
         norm = torch.nn.utils.get_total_norm(grads)
         if gradient_clip_val and gradient_clip_algorithm in (None, "norm"):
-            torch.nn.utils.clip_grads_with_norm_(self.net.parameters(), gradient_clip_val, norm)
+            torch.nn.utils.clip_grads_with_norm_(params, gradient_clip_val, norm)
         elif gradient_clip_val:
-            torch.nn.utils.clip_grad_value_(self.net.parameters(), gradient_clip_val)
+            torch.nn.utils.clip_grad_value_(params, gradient_clip_val)
         self.log("train/grad_norm", norm, on_step=True, on_epoch=False)
 
     def optimizer_step(self, *args: Any, **kwargs: Any) -> None:

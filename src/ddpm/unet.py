@@ -67,8 +67,10 @@ class AttentionBlock(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         b, c, h, w = x.shape
-        qkv = self.qkv(self.norm(x)).reshape(b, 3, self.num_heads, c // self.num_heads, h * w)
-        q, k, v = qkv.transpose(-1, -2).unbind(dim=1)  # each (B, heads, HW, C/heads)
+        qkv = self.qkv(self.norm(x)).reshape(b, 3 * self.num_heads, c // self.num_heads, h * w)
+        # (B, 3*heads, HW, C/heads), made contiguous: the fused kernels need unit stride in the last dim, and
+        # without it a compiled inference graph falls back to the math path (an fp32 matmul under autocast)
+        q, k, v = qkv.transpose(-1, -2).contiguous().chunk(3, dim=1)  # each (B, heads, HW, C/heads)
         out = F.scaled_dot_product_attention(q, k, v)  # (B, heads, HW, C/heads)
         out = out.transpose(-1, -2).reshape(b, c, h, w)
         return x + self.proj_out(out)
@@ -89,7 +91,13 @@ class Upsample(nn.Module):
         self.conv = nn.Conv2d(ch, ch, 3, padding=1)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+        """Nearest-neighbour 2x upsampling, written as a broadcast: the same values as F.interpolate, but its
+        backward is a sum over each 2x2 block rather than interpolate's scatter-add (atomics on the GPU)."""
+        b, c, h, w = x.shape
+        up = x[:, :, :, None, :, None].expand(b, c, h, 2, w, 2).reshape(b, c, 2 * h, 2 * w)
+        if x.is_contiguous(memory_format=torch.channels_last):  # eager channels_last runs stay NHWC
+            up = up.contiguous(memory_format=torch.channels_last)
+        return self.conv(up)
 
 
 def check_unet_config(
