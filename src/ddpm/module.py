@@ -159,15 +159,8 @@ class DiffusionModule(pl.LightningModule):
         if self.global_step % self.hparams.check_every_n_steps == 0:
             self._check_finite(loss)
             self._log_loss_by_quarter(losses.detach(), t)
-        if self._logs_this_step():
-            self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False, batch_size=batch.shape[0])
+        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False, batch_size=batch.shape[0])
         return loss
-
-    def _logs_this_step(self) -> bool:
-        """Whether the loggers write this step (every trainer.log_every_n_steps). A step-level value logged on
-        another step is never written, and each self.log call costs host time, which a CUDA-graph step no
-        longer hides behind the GPU."""
-        return self._trainer is None or self.trainer._logger_connector.should_update_logs
 
     def _check_finite(self, loss: Tensor) -> None:
         if not torch.isfinite(loss):
@@ -202,8 +195,7 @@ class DiffusionModule(pl.LightningModule):
             torch.nn.utils.clip_grads_with_norm_(params, gradient_clip_val, norm)
         elif gradient_clip_val:
             torch.nn.utils.clip_grad_value_(params, gradient_clip_val)
-        if self._logs_this_step():
-            self.log("train/grad_norm", norm, on_step=True, on_epoch=False)
+        self.log("train/grad_norm", norm, on_step=True, on_epoch=False)
 
     def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
         """Step, then move the EMA towards the new weights (once per optimizer step, also with accumulation)."""
