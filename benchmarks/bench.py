@@ -11,8 +11,8 @@ warm-up (compilation included in the warm-up, never in the timing).
 Modes of ours: fp32 | bf16, +compile, +cg (CUDA graphs for training: module.compile_mode=reduce-overhead),
 +ma (max-autotune-no-cudagraphs), +cl (channels_last); experiments: +gn2 (see mode_patches), +pcl
 (parameters channels_last as well: the graph's NHWC weight gradients then need no copy into NCHW .grad).
-The default, bf16+compile+cg+cl, is what `python train.py trainer=gpu` runs. Time on an H100 (measured in parts): ours about 3.5 minutes with --check,
-compilation included; a peer's compiled mode about as long again.
+The default, bf16+compile+cg+cl, is what `python train.py trainer=gpu` runs. Time on an H100 (measured in
+parts): ours about 3.5 minutes with --check, compilation included; a peer's compiled mode about as long again.
 
 Ours runs through `DiffusionModule.training_step` (the real training path); `Trainer.fit` is measured by
 `python train.py model=unet_base data=synthetic trainer=gpu` (its Throughput line).
@@ -116,7 +116,11 @@ def build_ours(mode: str, model: str = "unet_base"):
             part()
         return state.pop("loss").detach()
 
-    step.parts_for = lambda x: [("batch", lambda: state.update(x=x)), *parts]  # type: ignore[attr-defined]
+    def parts_for(x: torch.Tensor) -> list[tuple[str, Callable[[], None]]]:
+        state["x"] = x
+        return parts
+
+    step.parts_for = parts_for  # type: ignore[attr-defined]
     return module, step
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import random
+from functools import cached_property
 from typing import Any, Sequence
 
 import lightning.pytorch as pl
@@ -179,6 +180,12 @@ class DiffusionModule(pl.LightningModule):
             if c:
                 self.log(f"train/loss_q{q}", s / c, on_step=True, on_epoch=False, batch_size=c)
 
+    @cached_property
+    def _net_parameters(self) -> list[torch.nn.Parameter]:
+        """The network's parameters as a list, built once: walking the module tree costs host time per step
+        (stored in the instance __dict__, so it is no submodule and no state_dict entry)."""
+        return list(self.net.parameters())
+
     def configure_gradient_clipping(self, optimizer: torch.optim.Optimizer, gradient_clip_val: float | None = None,
                                     gradient_clip_algorithm: str | None = None) -> None:
         """Clip (trainer.gradient_clip_val) and log train/grad_norm, the global L2 norm before clipping.
@@ -186,8 +193,8 @@ class DiffusionModule(pl.LightningModule):
         Done here rather than by Lightning: one norm computation serves both, and fused optimizers work
         (Lightning refuses to clip for them, for the sake of fp16 loss scaling; configure_optimizers refuses
         that one combination). Lightning calls this after the gradients are unscaled."""
-        params = self.__dict__.get("_params") or self.__dict__.setdefault("_params", list(self.net.parameters()))
-        grads = [p.grad for p in params if p.grad is not None]  # the cached list saves a module walk per step
+        params = self._net_parameters
+        grads = [p.grad for p in params if p.grad is not None]
         if not grads:
             return
         norm = torch.nn.utils.get_total_norm(grads)
