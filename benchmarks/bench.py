@@ -9,8 +9,8 @@ warm-up (compilation included in the warm-up, never in the timing).
     python benchmarks/bench.py            # sampling timed over all 1000 steps, longer windows
 
 Modes of ours: fp32 | bf16, +compile, +cg (CUDA graphs for training: module.compile_mode=reduce-overhead),
-+ma (max-autotune-no-cudagraphs), +cl (channels_last); experiments: +gn2 (see mode_patches), +pcl
-(parameters channels_last as well: the graph's NHWC weight gradients then need no copy into NCHW .grad).
++ma (max-autotune-no-cudagraphs), +cl (channels_last: NHWC parameters, and NHWC activations inside the
+graph); experiment: +gn2 (see mode_patches).
 The default, bf16+compile+cg+cl, is what `python train.py trainer=gpu` runs. Time on an H100 (measured in
 parts): ours about 3.5 minutes with --check, compilation included; a peer's compiled mode about as long again.
 
@@ -83,10 +83,8 @@ def build_ours(mode: str, model: str = "unet_base"):
             "module.sample_precision=" + ("bf16" if "bf16" in tokens else "32"),
             "module.fused_optimizer=true", "module.lr_warmup_steps=0"])
     module = build_module(cfg).cuda()
+    module.configure_model()  # what Trainer.fit calls first: with cl, the parameters become NHWC
     module.on_fit_start()
-    if "pcl" in tokens:  # experiment: parameters NHWC too, so that conv-weight gradients match their layout
-        module.net.to(memory_format=torch.channels_last)
-        module.ema.module.to(memory_format=torch.channels_last)
     opt = module.configure_optimizers()["optimizer"]
     # No Trainer here: logging and the NaN check (every log_every_n_steps in Trainer.fit, each a GPU sync;
     # with no Trainer global_step stays 0, so they would run at every step) are in the Trainer.fit figure.
