@@ -178,3 +178,98 @@ def test_fashion_mnist_from_debian_package(tmp_path):
     assert x.shape == (128, 1, 32, 32) and x.min() >= -1 and x.max() <= 1
     assert len(dm.train_set) + len(dm.val_set) == 60_000
     assert abs(x.mean().item() - (2 * 0.286 - 1)) < 0.1  # Fashion-MNIST's pixel mean is 0.286
+
+
+def _synthetic(on_device, random_flip=False, **extra):
+    cfg = compose(["data=synthetic", "data.num_images=1100", "data.batch_size=100", "data.num_workers=0",
+                   f"data.on_device={on_device}", f"data.random_flip={random_flip}",
+                   *[f"data.{k}={v}" for k, v in extra.items()]])
+    dm = instantiate(cfg.data)
+    dm.setup()
+    return dm
+
+
+def _epochs(loader, epochs=(0, 1)):
+    out = []
+    for epoch in epochs:
+        loader.sampler.set_epoch(epoch)  # what Lightning does at each epoch start
+        out.append(torch.stack(list(loader)))
+    return out
+
+
+def test_on_device_loader_yields_the_dataloader_batches():
+    """data.on_device: the same batches, in the same order, epoch after epoch, as the DataLoader path (here with
+    the CPU as the device), and the same batches left after a resume mid-epoch (the sampler's skip)."""
+    from ddpm.data import DeviceLoader
+
+    plain, resident = _synthetic(False), _synthetic(True)
+    fast = resident.train_dataloader()
+    assert isinstance(fast, DeviceLoader) and len(fast) == len(plain.train_dataloader()) == 10
+    for a, b in zip(_epochs(plain.train_dataloader()), _epochs(fast)):
+        assert torch.equal(a, b)
+    plain.load_state_dict({"batches_into_epoch": 3, "batch_size": 100})
+    resident.load_state_dict({"batches_into_epoch": 3, "batch_size": 100})
+    (a,), (b,) = _epochs(plain.train_dataloader(), [1]), _epochs(resident.train_dataloader(), [1])
+    assert len(b) == 7 and torch.equal(a, b)
+
+
+def test_on_device_flips_are_seeded_by_epoch_and_survive_a_resume():
+    """Each image is itself or its mirror, about half mirrored (1000 draws of p = 0.5: 6 sigma = 0.095), other
+    flips in another epoch; a resumed loader flips the rest of the epoch as the uninterrupted one did."""
+    flipped, straight = _synthetic(True, random_flip=True), _synthetic(True)
+    loader = straight.train_dataloader()
+    mirrored_ids: list[dict[int, bool]] = []
+    for f, s, epoch in zip(_epochs(flipped.train_dataloader()), _epochs(loader), (0, 1)):
+        mirrored = torch.stack([(a == b.flip(-1)).flatten(1).all(1) for a, b in zip(f, s)]).flatten()
+        same = torch.stack([(a == b).flatten(1).all(1) for a, b in zip(f, s)]).flatten()
+        assert bool((mirrored | same).all()) and abs(mirrored.float().mean().item() - 0.5) < 0.095
+        loader.sampler.set_epoch(epoch)
+        mirrored_ids.append(dict(zip(list(loader.sampler), mirrored.tolist())))  # image index -> mirrored
+    common = mirrored_ids[0].keys() & mirrored_ids[1].keys()
+    assert len(common) > 900 and any(mirrored_ids[0][i] != mirrored_ids[1][i] for i in common)
+    f1 = _epochs(flipped.train_dataloader(), [1])[0]
+    flipped.load_state_dict({"batches_into_epoch": 4, "batch_size": 100})
+    (rest,) = _epochs(flipped.train_dataloader(), [1])
+    assert torch.equal(rest, f1[4:])
+
+
+def test_on_device_auto_holds_the_split_on_a_gpu_within_the_budget():
+    from types import SimpleNamespace
+
+    def resident(on_device, device, gib):
+        dm = _synthetic(on_device, on_device_max_gib=gib)  # 1045 training images of 3x32x32 floats = 12 MiB
+        dm.trainer = SimpleNamespace(strategy=SimpleNamespace(root_device=torch.device(device)))
+        return dm._resident_device()
+
+    assert resident("auto", "cuda", 2.0) == torch.device("cuda")
+    assert resident("auto", "cuda", 0.01) is None  # over the budget
+    assert resident("auto", "cpu", 2.0) is None  # the CPU default stays the DataLoader path
+    assert resident(True, "cpu", 0.0) == torch.device("cpu") and resident(False, "cuda", 2.0) is None
+    with pytest.raises(Exception, match="on_device must be true, false or auto"):
+        _synthetic("gpu")
+
+
+def test_trainer_fit_draws_on_device_batches_and_advances_their_epoch():
+    """Through Trainer.fit: the batches come from the DeviceLoader, and Lightning's set_epoch reaches its sampler
+    (2 batches an epoch, 5 steps: the third epoch), so each epoch has its own order."""
+    import lightning.pytorch as pl
+
+    from ddpm.data import DeviceLoader
+    from ddpm.train import build_module
+
+    cfg = compose(["model=unet_tiny", "scheduler.num_timesteps=20", "data=synthetic", "data.num_images=300",
+                   "data.image_size=8", "data.channels=1", "data.batch_size=100", "data.on_device=true"])
+    module, data = build_module(cfg), instantiate(cfg.data)
+    seen = []
+    module.on_train_batch_start = lambda batch, i: seen.append(batch.clone())
+    trainer = pl.Trainer(accelerator="cpu", max_steps=5, logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
+                         num_sanity_val_steps=0)
+    trainer.fit(module, datamodule=data)
+    loader = trainer.train_dataloader
+    assert isinstance(loader, DeviceLoader) and loader.sampler.epoch == 2 and len(seen) == 5
+    epochs = []
+    for epoch in range(3):
+        loader.sampler.set_epoch(epoch)
+        epochs.append(torch.stack(list(loader)))
+    assert torch.equal(torch.stack(seen), torch.cat(epochs)[:5]) and not torch.equal(epochs[0], epochs[1])

@@ -41,13 +41,15 @@ def final_state(run: Path) -> dict:
     return ckpt
 
 
-def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path):
+@pytest.mark.parametrize("data", [[], ["data.on_device=true", "data.random_flip=true"]], ids=["loader", "on_device"])
+def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path, data):
+    """Both data paths: the DataLoader's, and the training split held on the device with its own seeded flips."""
     env = {**os.environ, "WANDB_MODE": "offline"}
-    full = subprocess.run(command(tmp_path / "a"), cwd=tmp_path, capture_output=True, text=True, env=env, timeout=600)
+    full = subprocess.run(command(tmp_path / "a", *data), cwd=tmp_path, capture_output=True, text=True, env=env, timeout=600)
     assert full.returncode == 0, full.stderr[-3000:]
     reference = final_state(newest_run(tmp_path / "a"))
 
-    killed = subprocess.Popen(command(tmp_path / "b"), cwd=tmp_path, stdout=subprocess.DEVNULL,
+    killed = subprocess.Popen(command(tmp_path / "b", *data), cwd=tmp_path, stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL, env=env)
     deadline = time.time() + 300
     while time.time() < deadline:
@@ -62,7 +64,7 @@ def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path):
     step_at_kill = torch.load(last, map_location="cpu", weights_only=True)["global_step"]
     assert 20 <= step_at_kill < 40
 
-    resumed = subprocess.run(command(tmp_path / "c", f"ckpt_path={last}"), cwd=tmp_path, capture_output=True,
+    resumed = subprocess.run(command(tmp_path / "c", *data, f"ckpt_path={last}"), cwd=tmp_path, capture_output=True,
                              text=True, env=env, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     result = final_state(newest_run(tmp_path / "c"))

@@ -93,6 +93,43 @@ class EpochSampler(DistributedSampler):
         return self.n // self.world_size
 
 
+class DeviceLoader:
+    """Training batches indexed out of the whole training split, held on the training device.
+
+    For data sets that fit in GPU memory: no workers, no collate, no host-to-device copy per step. The
+    epoch's order (the EpochSampler's, resume skip included: the same batches as the DataLoader path) and
+    the flips go to the device once per epoch, in one non-blocking copy; each batch is then an index_select
+    on the device, which never makes the host wait for the GPU. Flips are drawn per (seed, epoch, image)
+    on the host, so a resumed run flips what the uninterrupted one would. Lightning finds `sampler` and
+    calls its set_epoch, as for a DataLoader."""
+
+    def __init__(self, images: Tensor, sampler: EpochSampler, batch_size: int, flip_p: float, flip_seed: int) -> None:
+        self.images = images  # (N, C, H, W) on the device, already in [-1, 1]
+        self.sampler, self.batch_size, self.flip_p, self.flip_seed = sampler, batch_size, flip_p, flip_seed
+
+    def __len__(self) -> int:
+        return len(self.sampler) // self.batch_size
+
+    def _to_device(self, x: Tensor) -> Tensor:
+        if self.images.device.type != "cuda":
+            return x.to(self.images.device)
+        return x.pin_memory().to(self.images.device, non_blocking=True)  # the pinned source lives on in the caller
+
+    def __iter__(self):
+        order = torch.as_tensor(list(self.sampler), dtype=torch.long)  # this rank's indices, skip applied
+        n_batches = len(order) // self.batch_size  # drop_last: fixed batches per epoch, exact resume
+        host = [order[: n_batches * self.batch_size].view(n_batches, self.batch_size)]
+        if self.flip_p > 0:
+            g = torch.Generator().manual_seed(self.flip_seed + 1_000_003 * self.sampler.epoch)
+            host.append(torch.rand(len(self.images), generator=g) < self.flip_p)  # (N,): one draw per image
+        on_device = [self._to_device(x) for x in host]
+        for idx in on_device[0]:  # (B,) rows of the device tensor: views, no sync
+            x = self.images.index_select(0, idx)
+            if len(on_device) > 1:
+                x = torch.where(on_device[1].index_select(0, idx)[:, None, None, None], x.flip(-1), x)
+            yield x
+
+
 class ImageDataModule(pl.LightningDataModule):
     """Base class: subclasses implement `load()` (the full data set) and may override `check()`."""
 
@@ -111,10 +148,17 @@ class ImageDataModule(pl.LightningDataModule):
         pin_memory: bool = False,
         name: str = "",
         shuffle_seed: int = 0,
+        on_device: bool | str = False,
+        on_device_max_gib: float = 0.0,
     ) -> None:
+        """on_device: hold the training split on the training device (DeviceLoader): True, False, or "auto" =
+        when training on a GPU and the split's float32 images take at most on_device_max_gib."""
         super().__init__()
         if not 0.0 < val_fraction < 1.0:
             raise ValueError(f"data.val_fraction must be in (0, 1), got {val_fraction}")
+        if on_device not in (True, False, "auto"):
+            raise ValueError(f"data.on_device must be true, false or auto, got {on_device!r}")
+        self.on_device, self.on_device_max_gib = on_device, on_device_max_gib
         self.root = Path(root)
         self.image_size, self.channels, self.batch_size = image_size, channels, batch_size
         self.val_fraction, self.random_flip, self.num_workers = val_fraction, random_flip, num_workers
@@ -181,7 +225,28 @@ class ImageDataModule(pl.LightningDataModule):
                             f"data.batch_size={self.batch_size} each")
         sampler = EpochSampler(n, self.shuffle_seed, rank, world)
         sampler.skip, self._resume_batches = self._resume_batches * self.batch_size, 0
+        device = self._resident_device()
+        if device is not None:
+            return DeviceLoader(self._images_on(device), sampler, self.batch_size,
+                                flip_p=0.5 if self.random_flip else 0.0, flip_seed=self.shuffle_seed)
         return self._loader(self.train_set, sampler, drop_last=True)  # fixed batches per epoch: exact resume
+
+    def _resident_device(self) -> torch.device | None:
+        """The device to hold the training split on, or None for the DataLoader path (see on_device)."""
+        trainer = self.trainer
+        device = trainer.strategy.root_device if trainer is not None else torch.device("cpu")
+        if self.on_device != "auto":
+            return device if self.on_device else None
+        gib = len(self.train_set) * self.channels * self.image_size ** 2 * 4 / 2**30  # type: ignore[arg-type]
+        return device if device.type == "cuda" and gib <= self.on_device_max_gib else None
+
+    def _images_on(self, device: torch.device) -> Tensor:
+        """The un-augmented training split as one float tensor (N, C, H, W) on `device` (decoded once)."""
+        # its own generator: iterating a DataLoader draws a seed, and a draw from the global RNG here would
+        # shift a resumed run's t and eps away from the uninterrupted run's
+        images = DataLoader(_Images(self.split("train")), batch_size=1024, num_workers=self.num_workers,
+                            generator=torch.Generator().manual_seed(0))
+        return torch.cat([x.float() for x in images]).to(device)
 
     def _rank_and_world(self) -> tuple[int, int]:
         trainer = self.trainer
