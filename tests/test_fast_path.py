@@ -4,6 +4,8 @@ Tolerances: fp32 compiled / channels_last vs eager: 1e-4 absolute on a loss of o
 [-1, 1] (kernel fusion reorders float sums). bf16 autocast: 3e-2 on the loss (bf16 keeps 8 bits of mantissa).
 """
 
+import math
+
 import pytest
 import torch
 
@@ -199,3 +201,26 @@ def test_resuming_nchw_adam_state_into_channels_last_parameters_trains_like_nchw
     nhwc, _ = _fit_steps(4, tmp_path, channels_last=True, ckpt_path=half)
     for a, b in zip(nchw, nhwc):
         torch.testing.assert_close(b, a, rtol=0, atol=1e-6)
+
+
+def test_training_steps_do_not_wait_for_the_device_except_at_checks(monkeypatch):
+    """Lightning turns progress-bar tensors into floats (.item(): a wait for the GPU) at every step; the module
+    logs no progress-bar tensor, and the bar shows the loss the NaN check fetched (every check_every_n_steps)."""
+    import lightning.pytorch as pl
+    import lightning.pytorch.trainer.connectors.logger_connector.result as result
+    from hydra.utils import instantiate
+
+    from ddpm.callbacks import LossProgressBar
+
+    converted = []
+    convert = result.convert_tensors_to_scalars
+    monkeypatch.setattr(result, "convert_tensors_to_scalars", lambda v: converted.append(v) or convert(v))
+    cfg = compose(["model=unet_tiny", "scheduler.num_timesteps=20", "data.batch_size=32", "module.check_every_n_steps=5"])
+    module, data = build_module(cfg), instantiate(cfg.data)
+    bar = LossProgressBar()
+    trainer = pl.Trainer(accelerator="cpu", max_steps=12, logger=False, enable_checkpointing=False, callbacks=[bar],
+                         enable_model_summary=False, limit_val_batches=0, num_sanity_val_steps=0)
+    trainer.fit(module, datamodule=data)
+    assert converted == []
+    assert bar.get_metrics(trainer, module)["train/loss"] == module.checked_loss
+    assert isinstance(module.checked_loss, float) and math.isfinite(module.checked_loss)

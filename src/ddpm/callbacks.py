@@ -10,7 +10,7 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
 from torch import Tensor
 from torchvision.utils import make_grid, save_image
@@ -171,6 +171,17 @@ class LastCheckpoint(ModelCheckpoint):
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.save_last and self._last_global_step_saved != trainer.global_step:
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+
+class LossProgressBar(TQDMProgressBar):
+    """Lightning's progress bar, showing train/loss as of the module's last NaN check (every
+    module.check_every_n_steps): a float the check has already fetched, so the bar never waits for the GPU."""
+
+    def get_metrics(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, int | str | float | dict[str, float]]:
+        metrics = super().get_metrics(trainer, pl_module)
+        if getattr(pl_module, "checked_loss", None) is not None:
+            metrics["train/loss"] = pl_module.checked_loss
+        return metrics
 
 
 class Throughput(pl.Callback):
