@@ -14,8 +14,9 @@ graph); experiment: +gn2 (see mode_patches).
 The default, bf16+compile+cg+cl, is what `python train.py trainer=gpu` runs. Time on an H100 (measured in
 parts): ours about 3.5 minutes with --check, compilation included; a peer's compiled mode about as long again.
 
-Ours runs through `DiffusionModule.training_step` (the real training path); `Trainer.fit` is measured by
-`python train.py model=unet_base data=synthetic trainer=gpu` (its Throughput line).
+Ours runs through `DiffusionModule.training_step` (the real training path); `--fit` also runs
+`python train.py model=unet_base data=synthetic trainer=gpu` for FIT_STEPS steps in a subprocess (FIT_OVERRIDES:
+no FID, no validation, CSV logs) and prints its Throughput and host-phase lines and its ratio to the step's img/s.
 Peers are imported only if installed (they are not dependencies of this project).
 """
 
@@ -390,6 +391,28 @@ def _measure(name: str, mode: str, args) -> dict:
     return row
 
 
+FIT_STEPS = 1200
+FIT_OVERRIDES = ["model=unet_base", "data=synthetic", "trainer=gpu", "logger=csv", "callbacks.sample_eval.fid_samples=0",
+                 "callbacks.sample_eval.bpd_images=0", "callbacks.sample_eval.n_grid=16",
+                 "callbacks.sample_eval.chain_frames=0", "trainer.val_check_interval=100000",
+                 "callbacks.progress_bar.refresh_rate=0", "+callbacks.fit_phases._target_=fit_phases.FitPhases"]
+
+
+def trainer_fit(log_dir: Path) -> float | None:
+    """img/s of `train.py` (Trainer.fit: Lightning's loop, logging, checkpoints, the data module) in a subprocess."""
+    import os
+    import re
+
+    cmd = [sys.executable, str(ROOT / "train.py"), *FIT_OVERRIDES, f"trainer.max_steps={FIT_STEPS}", f"paths.log_dir={log_dir}"]
+    print("# Trainer.fit: " + " ".join(cmd[1:]), flush=True)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "benchmarks"), os.environ.get("PYTHONPATH", "")])}
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=log_dir)
+    lines = [line for line in out.stdout.splitlines() if line.startswith(("Throughput", "FitPhases"))]
+    print("\n".join(f"# {line}" for line in lines) or f"# Trainer.fit failed:\n{out.stderr[-3000:]}", flush=True)
+    found = re.search(r"Throughput: median (\d+) img/s", out.stdout)
+    return float(found.group(1)) if found else None
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--quick", action="store_true")
@@ -406,6 +429,8 @@ def main() -> None:
     p.add_argument("--check", default=None, help="first compare this mode of ours with fp32 eager (losses, gradients)")
     p.add_argument("--profile", action="store_true", help="also print a kernel profile of each training step")
     p.add_argument("--trace-dir", type=Path, default=None, help="write the profiler's Chrome traces here")
+    p.add_argument("--fit", action="store_true", help="also time Trainer.fit (train.py) against our first mode")
+    p.add_argument("--fit-dir", type=Path, default=Path("/tmp/ddpm-bench-fit"), help="Trainer.fit's log dir")
     args = p.parse_args()
     args.warmup, args.compile_warmup = (5, 10) if args.quick else (10, 20)
     args.steps, args.repeats = (10, 3) if args.quick else (25, 5)
@@ -442,6 +467,14 @@ def main() -> None:
         our_best = max((r.get(k, 0) for r in ok if r["impl"] == "ours"), default=0)
         if peer:
             print(f"ours/best peer {k}: {our_best / peer[k]:.2f}x (peer: {peer['impl']} {peer['mode']} {peer[k]})")
+    ours_first = next((r for r in ok if r["impl"] == "ours"), None)
+    if args.fit and ours_first:
+        args.fit_dir.mkdir(parents=True, exist_ok=True)
+        fit = trainer_fit(args.fit_dir)
+        if fit:
+            ours_first["trainer_fit_img_s"] = fit
+            print(f"Trainer.fit / training step ({ours_first['mode']}): {fit:.0f} / {ours_first['train_img_s']:.0f} = "
+                  f"{fit / ours_first['train_img_s']:.1%}")
     if args.out:
         Path(args.out).write_text(json.dumps(rows, indent=2))
 
