@@ -113,20 +113,21 @@ class DeviceLoader:
     def _to_device(self, x: Tensor) -> Tensor:
         if self.images.device.type != "cuda":
             return x.to(self.images.device)
-        return x.pin_memory().to(self.images.device, non_blocking=True)  # the pinned source lives on in the caller
+        # non-blocking from pinned memory; torch's pinned-memory cache keeps the block until the copy is done
+        return x.pin_memory().to(self.images.device, non_blocking=True)
 
     def __iter__(self):
         order = torch.as_tensor(list(self.sampler), dtype=torch.long)  # this rank's indices, skip applied
         n_batches = len(order) // self.batch_size  # drop_last: fixed batches per epoch, exact resume
-        host = [order[: n_batches * self.batch_size].view(n_batches, self.batch_size)]
+        batches = self._to_device(order[: n_batches * self.batch_size].view(n_batches, self.batch_size))
+        flips = None
         if self.flip_p > 0:
             g = torch.Generator().manual_seed(self.flip_seed + 1_000_003 * self.sampler.epoch)
-            host.append(torch.rand(len(self.images), generator=g) < self.flip_p)  # (N,): one draw per image
-        on_device = [self._to_device(x) for x in host]
-        for idx in on_device[0]:  # (B,) rows of the device tensor: views, no sync
+            flips = self._to_device(torch.rand(len(self.images), generator=g) < self.flip_p)  # (N,): per image
+        for idx in batches:  # (B,) rows of the device tensor: views, no sync
             x = self.images.index_select(0, idx)
-            if len(on_device) > 1:
-                x = torch.where(on_device[1].index_select(0, idx)[:, None, None, None], x.flip(-1), x)
+            if flips is not None:
+                x = torch.where(flips.index_select(0, idx)[:, None, None, None], x.flip(-1), x)
             yield x
 
 
