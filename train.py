@@ -19,12 +19,17 @@ log = logging.getLogger("train")
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float:
     """Returns the optimized metric to a sweeper (inf for a failed job, which a sweep records and survives)."""
+    from ddpm.preemption import Interrupted
     from ddpm.sweep import write_job_metrics
     from ddpm.train import train  # imported here so that --help and --cfg don't pay for Lightning
 
     sweeping = HydraConfig.get().mode == RunMode.MULTIRUN and not cfg.get("sweep_fail_fast", False)
     try:
         metrics = train(cfg)
+    except Interrupted as err:  # SIGTERM / SIGINT: state saved, metrics.json says interrupted; a sweep stops too
+        log.error("%s", err)
+        print(f"interrupted: {err}", file=sys.stderr)
+        sys.exit(err.exit_code)
     except (UserError, OmegaConfBaseException) as err:  # bad input: one message, no traceback
         log.error("%s", err)
         if not sweeping:

@@ -79,18 +79,17 @@ def build_ours(mode: str, model: str = "unet_base"):
     compile_mode = "reduce-overhead" if "cg" in tokens else "max-autotune-no-cudagraphs" if "ma" in tokens else "default"
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         cfg = compose(config_name="train", overrides=[
-            f"model={model}", "data=synthetic", f"module.compile={'compile' in tokens}",
-            f"module.compile_mode={compile_mode}", f"module.channels_last={'cl' in tokens}",
-            "module.sample_precision=" + ("bf16" if "bf16" in tokens else "32"),
-            "module.fused_optimizer=true", "module.lr_warmup_steps=0"])
+            f"model={model}", "data=synthetic", f"perf.compile={'compile' in tokens}",
+            f"perf.compile_mode={compile_mode}", f"perf.channels_last={'cl' in tokens}",
+            "perf.sample_precision=" + ("bf16" if "bf16" in tokens else "32"),
+            "perf.fused_optimizer=true", "module.lr_warmup_steps=0",
+            # No Trainer here: the NaN check (every log_every_n_steps in Trainer.fit, each a GPU sync; with no
+            # Trainer global_step stays 0, so it would run at every step) is in the Trainer.fit figure; self.log
+            # without a Trainer returns at once.
+            "module.check_every_n_steps=0"])
     module = build_module(cfg).cuda()
     module.configure_model()  # what Trainer.fit calls first: with cl, the parameters become NHWC
-    module.on_fit_start()
     opt = module.configure_optimizers()["optimizer"]
-    # No Trainer here: logging and the NaN check (every log_every_n_steps in Trainer.fit, each a GPU sync;
-    # with no Trainer global_step stays 0, so they would run at every step) are in the Trainer.fit figure.
-    module.log = lambda *a, **k: None
-    module._log_loss_by_quarter = module._check_finite = lambda *a, **k: None
     amp = torch.autocast("cuda", dtype=torch.bfloat16, enabled="bf16" in tokens)
     state: dict[str, torch.Tensor] = {}
 
@@ -134,7 +133,7 @@ def ours(mode: str, batch: int):
 
     def sample(n: int, steps: int):
         sub = torch.Generator(device="cuda").manual_seed(0)
-        net = module._network("sample")
+        net = module.network("sample")
         module.ema.module.eval()
         xs = torch.randn(n, 3, 32, 32, device="cuda", generator=sub)
         with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16, enabled="bf16" in mode.split("+")):

@@ -14,6 +14,8 @@ from ddpm.data import DataError, DigitsDataModule, ImageFolderDataModule, Torchv
 from tests.conftest import compose
 
 DEBIAN_FASHION = Path("/usr/share/datasets/fashion-mnist")
+COMMON = dict(val_fraction=0.1, random_flip=False, num_workers=0, split_seed=0, pin_memory=False, name="test",
+              shuffle_seed=0)
 
 
 def _first_batch(dm, split="train"):
@@ -34,22 +36,28 @@ def test_digits_from_config_are_in_minus_one_one():
 
 
 def test_split_is_seeded_and_disjoint():
-    a = DigitsDataModule(root=".", image_size=8, channels=1, batch_size=32, val_fraction=0.1, split_seed=3)
-    b = DigitsDataModule(root=".", image_size=8, channels=1, batch_size=32, val_fraction=0.1, split_seed=3)
+    a = DigitsDataModule(root=".", image_size=8, channels=1, batch_size=32, **{**COMMON, "split_seed": 3})
+    b = DigitsDataModule(root=".", image_size=8, channels=1, batch_size=32, **{**COMMON, "split_seed": 3})
     a.setup(), b.setup()
-    ia, ib = a.train_set.base.indices, b.train_set.base.indices
+    ia, ib = a.train_set.indices, b.train_set.indices
     assert ia == ib
-    assert set(ia).isdisjoint(a.val_set.base.indices)
+    assert set(ia).isdisjoint(a.val_set.indices)
     assert len(ia) + len(a.val_set) == 1797 and len(a.val_set) == 180
 
 
-def test_random_flip_mirrors_images():
-    dm = DigitsDataModule(root=".", image_size=8, channels=1, batch_size=32, random_flip=True)
+def test_random_flip_mirrors_images_as_the_sampler_decides():
+    """Training items are (index, flip) pairs from the EpochSampler: about half mirrored (p = 0.5; 1617 images,
+    6 sigma = 0.075), each image exactly itself or its mirror."""
+    from ddpm.data.order import Flipped
+
+    dm = DigitsDataModule(root=".", image_size=8, channels=1, batch_size=32, val_fraction=0.1, random_flip=True,
+                          num_workers=0, split_seed=0, pin_memory=False, name="digits", shuffle_seed=0)
     dm.setup()
-    torch.manual_seed(0)
-    raw = dm.train_set.base[0][0]
-    seen = {bool(torch.equal(dm.train_set[0], raw.flip(-1))) for _ in range(50)}
-    assert seen == {True, False}
+    raw = dm.split("train")[0][0]
+    train = Flipped(dm.split("train"))
+    assert torch.equal(train[(0, True)], raw.flip(-1)) and torch.equal(train[(0, False)], raw) and torch.equal(train[0], raw)
+    items = list(dm.train_dataloader().sampler)
+    assert abs(sum(flip for _, flip in items) / len(items) - 0.5) < 0.075
 
 
 def _write_idx(path: Path, array: np.ndarray, gz: bool) -> None:
@@ -82,15 +90,15 @@ def test_torchvision_loader_reads_idx_files_from_a_source_dir(tmp_path, dataset)
     raw = tmp_path / "data" / ("MNIST" if dataset == "mnist" else "FashionMNIST") / "raw"
     assert (raw / "train-images-idx3-ubyte").exists()
     native = TorchvisionDataModule(dataset, root=str(tmp_path / "data"), image_size=28, channels=1, batch_size=4,
-                                   download=False)
+                                   download=False, **COMMON)
     native.setup()
-    full = native.train_set.base.dataset
+    full = native.train_set.dataset
     img = full[0][0]
     assert img.shape == (1, 28, 28) and img[0, 0, 0] == 1.0 and img[0, 0, 1] == -1.0  # 255 -> 1, 0 -> -1
 
 
 def test_missing_data_offline_names_folder_and_files(tmp_path):
-    dm = TorchvisionDataModule("mnist", root=str(tmp_path), image_size=32, channels=1, batch_size=4, download=False)
+    dm = TorchvisionDataModule("mnist", root=str(tmp_path), image_size=32, channels=1, batch_size=4, download=False, **COMMON)
     with pytest.raises(DataError) as err:
         dm.check()
     msg = str(err.value)
@@ -105,7 +113,7 @@ def test_failed_download_is_one_clear_error(tmp_path, monkeypatch):
 
     monkeypatch.setattr(datasets.FashionMNIST, "download", offline)
     dm = TorchvisionDataModule("fashion_mnist", root=str(tmp_path), image_size=32, channels=1, batch_size=4,
-                               download=True, source_dir=str(tmp_path / "nowhere"))
+                               download=True, source_dir=str(tmp_path / "nowhere"), **COMMON)
     with pytest.raises(DataError, match="the download failed .*Network is unreachable.*dataset-fashion-mnist"):
         dm.check()
 
@@ -113,7 +121,7 @@ def test_failed_download_is_one_clear_error(tmp_path, monkeypatch):
 def test_corrupt_idx_file_is_reported(tmp_path):
     _fake_mnist(tmp_path / "MNIST" / "raw", gz=False)
     (tmp_path / "MNIST" / "raw" / "train-images-idx3-ubyte").write_bytes(b"\x00\x00\x08\x03garbage")
-    dm = TorchvisionDataModule("mnist", root=str(tmp_path), image_size=28, channels=1, batch_size=4, download=False)
+    dm = TorchvisionDataModule("mnist", root=str(tmp_path), image_size=28, channels=1, batch_size=4, download=False, **COMMON)
     with pytest.raises(DataError, match="corrupt"):
         dm.setup()
 
@@ -154,19 +162,65 @@ def test_image_folder_resizes_and_crops(tmp_path):
     assert len(dm.train_set) + len(dm.val_set) == 4
 
 
+def _folder(root, **kw):
+    return ImageFolderDataModule(root=str(root), image_size=8, channels=3, batch_size=2, **{**COMMON, **kw})
+
+
 def test_image_folder_errors(tmp_path):
-    empty = ImageFolderDataModule(root=str(tmp_path), image_size=8, channels=3, batch_size=2)
     with pytest.raises(DataError, match="no images"):
-        empty.check()
-    missing = ImageFolderDataModule(root=str(tmp_path / "nope"), image_size=8, channels=3, batch_size=2)
+        _folder(tmp_path).check()
     with pytest.raises(DataError, match="is not a folder"):
-        missing.check()
+        _folder(tmp_path / "nope").check()
+    with pytest.raises(DataError, match="data.fit=resize"):
+        _folder(tmp_path, fit="pad").check()
+
+
+def test_unreadable_images_are_named_at_setup_or_skipped(tmp_path, caplog):
+    """Found before training (not when their batch comes up): a file that is no image, and a truncated JPEG
+    (which Image.verify() lets pass); with skip_unreadable, training goes on without them, counted in the log."""
+    for i in range(3):
+        Image.new("RGB", (8, 8), (i * 50, 0, 0)).save(tmp_path / f"good{i}.png")
     (tmp_path / "bad.png").write_bytes(b"not really a png")
-    Image.new("RGB", (8, 8)).save(tmp_path / "good.png")
-    dm = ImageFolderDataModule(root=str(tmp_path), image_size=8, channels=3, batch_size=2, val_fraction=0.5)
-    dm.setup()
-    with pytest.raises(DataError, match="could not read image .*bad.png"):
-        [dm.train_set[0], dm.val_set[0]]
+    Image.new("RGB", (64, 64), (10, 200, 30)).save(tmp_path / "cut.jpg")
+    (tmp_path / "cut.jpg").write_bytes((tmp_path / "cut.jpg").read_bytes()[:300])
+    with pytest.raises(DataError, match=r"2 unreadable image\(s\): .*bad.png.*cut.jpg.*skip_unreadable=true"):
+        _folder(tmp_path).check()
+    dm = _folder(tmp_path, skip_unreadable=True, val_fraction=0.34)
+    with caplog.at_level("WARNING"):
+        dm.setup()
+    assert len(dm.split("train")) + len(dm.split("val")) == 3 and "skipping 2 unreadable image(s) of 5" in caplog.text
+
+
+def test_pad_is_exact_and_crops_back():
+    """data.fit=pad: every native pixel unchanged at its place, a border of exactly -1 (zero before scaling)
+    around it; to_eval crops it back to the native size. resize: a blurred (bilinear) image instead."""
+    native = DigitsDataModule(root=".", image_size=8, channels=1, batch_size=32, **COMMON)
+    padded = DigitsDataModule(root=".", image_size=13, channels=1, batch_size=32, fit="pad", **COMMON)
+    x8 = torch.stack([native.split("train")[i][0] for i in range(20)])
+    x13 = torch.stack([padded.split("train")[i][0] for i in range(20)])
+    assert x13.shape == (20, 1, 13, 13) and padded.eval_size == 8 and padded.padded
+    assert torch.equal(x13[..., 2:10, 2:10], x8)  # 5 extra pixels: 2 before, 3 after
+    border = torch.ones(13, 13, dtype=torch.bool)
+    border[2:10, 2:10] = False
+    assert bool((x13[..., border] == -1).all())
+    assert torch.equal(padded.to_eval(x13), x8)
+    resized = DigitsDataModule(root=".", image_size=16, channels=1, batch_size=32, fit="resize", **COMMON)
+    assert resized.eval_size == 16 and torch.equal(resized.to_eval(x13), x13)
+    with pytest.raises(DataError, match="fit=pad needs"):
+        DigitsDataModule(root=".", image_size=4, channels=1, batch_size=32, fit="pad", **COMMON).check()
+
+
+def test_mnist_pads_28_to_32_and_judges_at_28(tmp_path):
+    _fake_mnist(tmp_path / "src")
+    cfg = compose(["data=fashion_mnist", f"paths.data_dir={tmp_path / 'data'}", f"data.source_dir={tmp_path / 'src'}",
+                   "data.download=false", "data.num_workers=0"])
+    dm = instantiate(cfg.data)
+    dm.check()
+    x = dm.split("train")[0][0]
+    assert cfg.data.fit == "pad" and x.shape == (1, 32, 32) and dm.eval_size == 28
+    assert bool((x[:, :2] == -1).all() and (x[:, -2:] == -1).all() and (x[..., :2] == -1).all())
+    images, labels = dm.labeled_images("val")
+    assert images.shape[-2:] == (28, 28) and images.dtype == torch.uint8 and labels is not None
 
 
 @pytest.mark.skipif(not DEBIAN_FASHION.is_dir(), reason="apt-get install dataset-fashion-mnist (CI installs it)")
@@ -177,14 +231,18 @@ def test_fashion_mnist_from_debian_package(tmp_path):
     x = _first_batch(dm)
     assert x.shape == (128, 1, 32, 32) and x.min() >= -1 and x.max() <= 1
     assert len(dm.train_set) + len(dm.val_set) == 60_000
-    assert abs(x.mean().item() - (2 * 0.286 - 1)) < 0.1  # Fashion-MNIST's pixel mean is 0.286
+    assert abs(dm.to_eval(x).mean().item() - (2 * 0.286 - 1)) < 0.1  # Fashion-MNIST's pixel mean is 0.286
 
 
-def _synthetic(on_device, random_flip=False, **extra):
-    cfg = compose(["data=synthetic", "data.num_images=1100", "data.batch_size=100", "data.num_workers=0",
-                   f"data.on_device={on_device}", f"data.random_flip={random_flip}",
-                   *[f"data.{k}={v}" for k, v in extra.items()]])
+def _synthetic(on_device, random_flip=False, max_gib=2.0, num_workers=0, device="cpu"):
+    from ddpm.config import to_plain
+    from ddpm.perf import resolve_plan
+
+    cfg = compose(["data=synthetic", "data.num_images=1100", "data.batch_size=100", f"data.num_workers={num_workers}",
+                   f"perf.data_on_device={on_device}", f"perf.data_on_device_max_gib={max_gib}",
+                   f"data.random_flip={random_flip}", "data.pin_memory=false"])
     dm = instantiate(cfg.data)
+    dm.plan = resolve_plan(to_plain(cfg.perf), torch.device(device))
     dm.setup()
     return dm
 
@@ -197,16 +255,20 @@ def _epochs(loader, epochs=(0, 1)):
     return out
 
 
-def test_on_device_loader_yields_the_dataloader_batches():
-    """data.on_device: the same batches, in the same order, epoch after epoch, as the DataLoader path (here with
-    the CPU as the device), and the same batches left after a resume mid-epoch (the sampler's skip)."""
+@pytest.mark.parametrize("workers", [0, 2])
+def test_device_loader_yields_the_dataloader_batches_flips_included(workers):
+    """The GPU-resident path (simulated with the CPU as the device) and the DataLoader path (with or without
+    worker processes) yield the same batches, flips included, epoch after epoch and after a mid-epoch resume:
+    both take order and flips from the one EpochSampler."""
     from ddpm.data import DeviceLoader
 
-    plain, resident = _synthetic(False), _synthetic(True)
+    plain, resident = _synthetic(False, True, num_workers=workers), _synthetic(True, True)
     fast = resident.train_dataloader()
     assert isinstance(fast, DeviceLoader) and len(fast) == len(plain.train_dataloader()) == 10
     for a, b in zip(_epochs(plain.train_dataloader()), _epochs(fast)):
         assert torch.equal(a, b)
+    unflipped = _epochs(_synthetic(True).train_dataloader())
+    assert not torch.equal(_epochs(fast)[0], unflipped[0])  # flips happened
     plain.load_state_dict({"batches_into_epoch": 3, "batch_size": 100})
     resident.load_state_dict({"batches_into_epoch": 3, "batch_size": 100})
     (a,), (b,) = _epochs(plain.train_dataloader(), [1]), _epochs(resident.train_dataloader(), [1])
@@ -233,20 +295,21 @@ def test_on_device_flips_are_seeded_by_epoch_and_survive_a_resume():
     assert torch.equal(rest, f1[4:])
 
 
-def test_on_device_auto_holds_the_split_on_a_gpu_within_the_budget():
-    from types import SimpleNamespace
+def test_data_on_device_auto_holds_the_split_on_a_gpu_within_the_budget():
+    from ddpm.config import ConfigError
+    from ddpm.perf import resolve_plan
 
-    def resident(on_device, device, gib):
-        dm = _synthetic(on_device, on_device_max_gib=gib)  # 1045 training images of 3x32x32 floats = 12 MiB
-        dm.trainer = SimpleNamespace(strategy=SimpleNamespace(root_device=torch.device(device)))
-        return dm._resident_device()
+    nbytes = 1045 * 3 * 32 * 32 * 4  # 1045 training images of 3x32x32 floats = 12 MiB
 
-    assert resident("auto", "cuda", 2.0) == torch.device("cuda")
-    assert resident("auto", "cuda", 0.01) is None  # over the budget
-    assert resident("auto", "cpu", 2.0) is None  # the CPU default stays the DataLoader path
-    assert resident(True, "cpu", 0.0) == torch.device("cpu") and resident(False, "cuda", 2.0) is None
-    with pytest.raises(Exception, match="on_device must be true, false or auto"):
-        _synthetic("gpu")
+    def holds(on_device, device, gib):
+        perf = {**dict(compose([]).perf), "data_on_device": on_device, "data_on_device_max_gib": gib}
+        return resolve_plan(perf, torch.device(device)).holds_data(nbytes)
+
+    assert holds("auto", "cuda", 2.0) and not holds("auto", "cuda", 0.01)  # over the budget
+    assert not holds("auto", "cpu", 2.0)  # the CPU default stays the DataLoader path
+    assert holds(True, "cpu", 0.0) and not holds(False, "cuda", 2.0)
+    with pytest.raises(ConfigError, match="data_on_device must be true, false or auto"):
+        holds("gpu", "cpu", 2.0)
 
 
 def test_trainer_fit_draws_on_device_batches_and_advances_their_epoch():
@@ -258,7 +321,7 @@ def test_trainer_fit_draws_on_device_batches_and_advances_their_epoch():
     from ddpm.train import build_module
 
     cfg = compose(["model=unet_tiny", "scheduler.num_timesteps=20", "data=synthetic", "data.num_images=300",
-                   "data.image_size=8", "data.channels=1", "data.batch_size=100", "data.on_device=true"])
+                   "data.image_size=8", "data.channels=1", "data.batch_size=100", "perf.data_on_device=true"])
     module, data = build_module(cfg), instantiate(cfg.data)
     seen = []
     module.on_train_batch_start = lambda batch, i: seen.append(batch.clone())

@@ -55,7 +55,7 @@ def test_ddp_ranks_draw_independent_noise_and_resume_exactly(tmp_path):
 
 def fid(devices: int, cache: Path) -> float:
     env = {**os.environ, "DDPM_CACHE_DIR": str(cache), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "ddp_fid_check.py"), "--accelerator", "cpu",
+    proc = subprocess.run([sys.executable, str(ROOT / "tests" / "ddp_fid_check.py"), "--accelerator", "cpu",
                            "--devices", str(devices), "--n", "400"], capture_output=True, text=True, env=env,
                           timeout=600, cwd=cache)
     assert proc.returncode == 0, proc.stderr[-3000:]

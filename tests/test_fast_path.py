@@ -13,9 +13,12 @@ from ddpm.train import build_module
 from tests.conftest import compose
 
 
-def make(**module):
+PERF = {"compile", "compile_mode", "channels_last", "fused_optimizer", "sample_precision"}
+
+
+def make(**options):
     overrides = ["model=unet_tiny", "scheduler.num_timesteps=20", "model.dropout=0.0"]
-    overrides += [f"module.{k}={v}" for k, v in module.items()]
+    overrides += [f"{'perf' if k in PERF else 'module'}.{k}={v}" for k, v in options.items()]
     torch.manual_seed(0)
     m = build_module(compose(overrides))
     with torch.no_grad():  # leave the zero-initialised start, where eps_theta = 0 whatever the network
@@ -28,7 +31,7 @@ def make(**module):
 
 
 def loss_of(m, x, t, noise):
-    return m.diffusion.training_losses(m._network("train"), x.contiguous(memory_format=m._memory_format()), t, noise).mean()
+    return m.diffusion.training_losses(m.network("train"), x.contiguous(memory_format=m.plan.batch_memory_format), t, noise).mean()
 
 
 @pytest.fixture(scope="module")
@@ -85,7 +88,7 @@ def _fit(fused: bool) -> list[torch.Tensor]:
     import lightning.pytorch as pl
     from hydra.utils import instantiate
 
-    cfg = compose(["model=unet_tiny", "scheduler.num_timesteps=20", f"module.fused_optimizer={fused}",
+    cfg = compose(["model=unet_tiny", "scheduler.num_timesteps=20", f"perf.fused_optimizer={fused}",
                    "data.batch_size=32"])
     torch.manual_seed(0)
     module, data = build_module(cfg), instantiate(cfg.data)
@@ -104,14 +107,13 @@ def test_fused_optimizer_with_clipping_trains_like_the_foreach_one():
 
 
 def test_fused_optimizer_with_fp16_loss_scaling_is_refused():
-    from types import SimpleNamespace
-
     from ddpm.config import ConfigError
+    from ddpm.perf import resolve_plan
 
-    m = make(fused_optimizer=True)
-    m._trainer = SimpleNamespace(precision="16-mixed")
+    perf = dict(compose(["perf=gpu"]).perf)
     with pytest.raises(ConfigError, match="bf16-mixed"):
-        m.configure_optimizers()
+        resolve_plan(perf, torch.device("cpu"), "16-mixed")
+    assert resolve_plan(perf, torch.device("cpu"), "bf16-mixed").fused_optimizer
 
 
 @pytest.mark.parametrize("warmup", [False, True])
@@ -135,7 +137,10 @@ def test_ema_follows_the_float64_recurrence(warmup):
     for r, e in zip(reference, m.ema.module.parameters()):
         torch.testing.assert_close(e.double(), r, rtol=1e-6, atol=1e-6)
     assert int(m.ema.n_averaged) == 6
-    assert m.ema_decay_at(10**6) == 0.9 and (m.ema_decay_at(1) == 2 / 11) is warmup and m.ema_decay_at(0) == 0.0
+    from ddpm.ema import ema_decay_at
+
+    assert ema_decay_at(10**6, 0.9, warmup) == 0.9 and (ema_decay_at(1, 0.9, warmup) == 2 / 11) is warmup
+    assert ema_decay_at(0, 0.9, warmup) == 0.0
 
 
 def test_trainer_step_updates_the_ema_once_starting_with_a_copy():
@@ -153,15 +158,16 @@ def test_trainer_step_updates_the_ema_once_starting_with_a_copy():
 
 def test_unknown_compile_mode_is_refused_and_sample_precision_32_is_accepted():
     with pytest.raises(Exception, match="compile_mode must be one of"):
-        make(compile_mode="fastest")
-    assert make(sample_precision=32).hparams.sample_precision == 32  # Hydra reads `=32` as an int
+        make(compile_mode="fastest").plan
+    assert make(sample_precision=32).plan.sample_bf16 is False  # Hydra reads `=32` as an int
+    assert make(sample_precision="bf16").plan.sample_bf16 is True
 
 
 def test_channels_last_makes_the_parameters_nhwc_and_keeps_the_compiled_batch_nchw():
     """compiled: Inductor lays activations out NHWC inside the graph, the batch stays NCHW; the parameters (and
     the EMA's) are NHWC in both modes, so the graph's NHWC weight gradients need no copy."""
-    assert make(compile=True, channels_last=True)._memory_format() == torch.contiguous_format
-    assert make(channels_last=True)._memory_format() == torch.channels_last  # eager: the tensors themselves
+    assert make(compile=True, channels_last=True).plan.batch_memory_format == torch.contiguous_format
+    assert make(channels_last=True).plan.batch_memory_format == torch.channels_last  # eager: the tensors themselves
     for m in (make(compile=True, channels_last=True), make(channels_last=True)):
         m.configure_model()
         convs = [p for p in (*m.net.parameters(), *m.ema.module.parameters()) if p.dim() == 4]
@@ -178,7 +184,7 @@ def _fit_steps(steps: int, tmp_path, channels_last: bool, ckpt_path=None) -> tup
     from hydra.utils import instantiate
 
     cfg = compose(["model=unet_tiny", "scheduler.num_timesteps=20", "model.dropout=0.0", "data.batch_size=32",
-                   "module.fused_optimizer=true", f"module.channels_last={channels_last}"])
+                   "perf.fused_optimizer=true", f"perf.channels_last={channels_last}"])
     torch.manual_seed(0)
     module, data = build_module(cfg), instantiate(cfg.data)
     trainer = pl.Trainer(accelerator="cpu", max_steps=steps, logger=False, enable_checkpointing=False,

@@ -11,7 +11,8 @@ FAST_CLASSIFIER = {"steps": 150, "batch_size": 128, "lr": 3e-3, "width": 16, "nu
 
 
 def digits(image_size=8):
-    return DigitsDataModule(root=".", image_size=image_size, channels=1, batch_size=64, val_fraction=0.2, name="digits")
+    return DigitsDataModule(root=".", image_size=image_size, channels=1, batch_size=64, val_fraction=0.2, name="digits",
+                            random_flip=False, num_workers=0, split_seed=0, pin_memory=False, shuffle_seed=0)
 
 
 @pytest.fixture(scope="module")
@@ -91,7 +92,8 @@ def test_image_folder_without_labels_asks_for_inception(tmp_path):
 
     for i in range(4):
         Image.new("L", (8, 8), i * 40).save(tmp_path / f"{i}.png")
-    dm = ImageFolderDataModule(root=str(tmp_path), image_size=8, channels=1, batch_size=2, val_fraction=0.25)
+    dm = ImageFolderDataModule(root=str(tmp_path), image_size=8, channels=1, batch_size=2, val_fraction=0.25,
+                               random_flip=False, num_workers=0, split_seed=0, pin_memory=False, name="f", shuffle_seed=0)
     m = SampleMetrics(cache_dir=str(tmp_path / "cache"))
     with pytest.raises(ValueError, match="fid.feature=inception"):
         m.prepare(dm)

@@ -1,15 +1,14 @@
-"""`evaluate(cfg)`: samples and metrics from a checkpoint, on every device it is given.
+"""`evaluate(cfg)`: samples and metrics from a checkpoint, on every device it is given (`eval.py`).
 
-Each rank draws its share of the samples with its own seeds and feeds the metrics; torchmetrics sums
-the statistics over ranks; rank 0 writes `samples.npz` (uint8, N x H x W x C, key `arr_0` as in
-openai/improved-diffusion), `samples.png` (the first 64), and `metrics.json`, and logs them.
+The sampling, FID and bits/dim are `evaluation.py`'s, as in training. Rank 0 writes `samples.npz` (uint8,
+N x H x W x C, key `arr_0` as in openai/improved-diffusion), `samples.png` (the first `n_grid`) and
+`metrics.json`, and logs them.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import math
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +17,6 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from .config import ConfigError, to_plain
-from .data import image_of
 
 log = logging.getLogger(__name__)
 
@@ -29,31 +27,37 @@ def run_config(ckpt_path: Path) -> DictConfig | None:
     return OmegaConf.load(path) if path.is_file() else None
 
 
-def evaluate(cfg: DictConfig) -> dict[str, Any]:
-    from hydra.utils import instantiate
-    from lightning.fabric import Fabric
-    from torchvision.utils import save_image
+def _inputs(cfg: DictConfig) -> tuple[Path, Any]:
+    """The checkpoint and the data config (from the run's config.yaml unless given), checked."""
+    from .checks import EVAL_RULES, check_config
 
-    from .callbacks import to_grid
-    from .features import quantize
-    from .loggers import build_loggers
-    from .metrics import SampleMetrics
-    from .module import DiffusionModule
-
+    check_config(cfg, {k: v for k, v in EVAL_RULES.items() if k != "bpd_images" or "bpd" in cfg.metrics})
     ckpt = Path(cfg.ckpt_path)
     if not ckpt.is_file():
-        raise ConfigError(f"ckpt_path {ckpt} does not exist; pass the .ckpt of a run, e.g. ckpt_path=logs/train/runs/<run>/checkpoints/last.ckpt")
+        raise ConfigError(f"ckpt_path {ckpt} does not exist; pass the .ckpt of a run, e.g. "
+                          "ckpt_path=logs/train/runs/<run>/checkpoints/last.ckpt")
     unknown = set(cfg.metrics) - {"fid", "bpd"}
     if unknown:
         raise ConfigError(f"unknown metrics {sorted(unknown)}; choose from [fid, bpd]")
     data_cfg = cfg.get("data") or (run_config(ckpt) or {}).get("data")
     if data_cfg is None and ("fid" in cfg.metrics or "bpd" in cfg.metrics):
-        raise ConfigError(f"no data config: {ckpt.parent.parent}/config.yaml is missing; pass data=<name> (e.g. data=digits)")
+        raise ConfigError(f"no data config: {ckpt.parent.parent}/config.yaml is missing; pass data=<name> "
+                          "(e.g. data=digits)")
+    return ckpt, data_cfg
 
+
+def evaluate(cfg: DictConfig) -> dict[str, Any]:
+    from hydra.utils import instantiate
+    from lightning.fabric import Fabric
+
+    from .evaluation import bits_per_dim, draw_samples
+    from .metrics import SampleMetrics
+    from .module import DiffusionModule
+
+    ckpt, data_cfg = _inputs(cfg)
     fabric = Fabric(accelerator=cfg.accelerator, devices=cfg.devices, precision=cfg.precision)
     fabric.launch()
     module = DiffusionModule.load_from_checkpoint(ckpt, map_location="cpu", weights_only=True).to(fabric.device)
-    module.eval()
     datamodule = instantiate(data_cfg) if data_cfg is not None else None
     if datamodule is not None:
         datamodule.check()
@@ -65,61 +69,49 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     if "fid" in cfg.metrics:
         metrics = SampleMetrics(**to_plain(cfg.fid))
         metrics.prepare_on_ranks(datamodule, fabric.device, rank == 0, fabric.barrier)
+    with fabric.autocast():
+        samples = draw_samples(module, cfg.n_samples, cfg.batch_size, cfg.seed, rank, world, keep=cfg.n_samples,
+                               to_eval=datamodule.to_eval if datamodule is not None else (lambda x: x),
+                               metrics=metrics, use_ema=cfg.use_ema)
+    np.savez(out_dir / f"samples_rank{rank}.npz", samples.images.permute(0, 2, 3, 1).numpy())
 
-    per_rank = math.ceil(cfg.n_samples / world)
-    shards = []
-    for i, start in enumerate(range(0, per_rank, cfg.batch_size)):
-        with fabric.autocast():
-            images = module.sample(min(cfg.batch_size, per_rank - start), seed=cfg.seed + 1_000_003 * rank + i,
-                                   use_ema=cfg.use_ema).images.float()
-        if metrics is not None:
-            metrics.update(images)
-        shards.append(quantize(images).cpu())
-    samples = torch.cat(shards)  # (per_rank, C, H, W) uint8
-    np.savez(out_dir / f"samples_rank{rank}.npz", samples.permute(0, 2, 3, 1).numpy())
-
-    results: dict[str, Any] = {"ckpt_path": str(ckpt.resolve()), "global_step": int(torch.load(ckpt, map_location="cpu", weights_only=True, mmap=True)["global_step"]),
-                               "use_ema": bool(cfg.use_ema), "seed": int(cfg.seed), "n_samples": per_rank * world,
-                               "clip_denoised": bool(module.sampler.clip_denoised) if hasattr(module.sampler, "clip_denoised") else None}
+    step = int(torch.load(ckpt, map_location="cpu", weights_only=True, mmap=True)["global_step"])
+    results: dict[str, Any] = {"ckpt_path": str(ckpt.resolve()), "global_step": step, "use_ema": bool(cfg.use_ema),
+                               "seed": int(cfg.seed), "n_samples": samples.n_total,
+                               "clip_denoised": getattr(module.sampler, "clip_denoised", None)}
     if metrics is not None:
-        results.update(metrics.compute(per_rank * world))
+        results.update(metrics.compute(samples.n_total))
     if "bpd" in cfg.metrics:
-        results.update(_bits_per_dim(cfg, module, datamodule, fabric))
-
+        results.update(bits_per_dim(module, datamodule.split("val"), cfg.bpd_images, rank, world, cfg.seed,
+                                    cfg.batch_size, cfg.bpd_clip_denoised, lambda x: fabric.all_reduce(x, reduce_op="sum"),
+                                    use_ema=cfg.use_ema))
+        results["bpd_clip_denoised"] = bool(cfg.bpd_clip_denoised)
     fabric.barrier()
     if rank == 0:
-        parts = [np.load(out_dir / f"samples_rank{r}.npz")["arr_0"] for r in range(world)]
-        np.savez(out_dir / "samples.npz", np.concatenate(parts)[: cfg.n_samples])
-        for r in range(world):
-            (out_dir / f"samples_rank{r}.npz").unlink()
-        grid = to_grid(samples[: cfg.n_grid].float() / 127.5 - 1, cfg.nrow, cfg.upscale)
-        save_image(grid, out_dir / "samples.png")
-        (out_dir / "metrics.json").write_text(json.dumps(results, indent=2))
-        for logger in build_loggers(to_plain(cfg.get("logger")), cfg.wandb_connect_timeout_s):
-            logger.log_hyperparams(to_plain(cfg))
-            logger.log_metrics({f"eval/{k}": v for k, v in results.items() if isinstance(v, (int, float))},
-                               step=results["global_step"])
-            if hasattr(logger, "log_image"):
-                logger.log_image(key="eval/samples", images=[str(out_dir / "samples.png")])
-            logger.finalize("success")
-        log.info("Metrics: %s", json.dumps(results))
-        print(f"Wrote {out_dir / 'samples.npz'}, {out_dir / 'samples.png'} and {out_dir / 'metrics.json'}")
+        _write(cfg, out_dir, results, world)
     return results
 
 
-@torch.no_grad()
-def _bits_per_dim(cfg: DictConfig, module, datamodule, fabric) -> dict[str, float]:
-    """The full VLB on the first `bpd_images` held-out (val) images, this rank's share; averaged over ranks."""
-    val = datamodule.split("val")
-    n = min(cfg.bpd_images, len(val))
-    idx = list(range(fabric.global_rank, n, fabric.world_size))
-    x0 = torch.stack([image_of(val[i]) for i in idx]).to(fabric.device)
-    g = torch.Generator(device=fabric.device).manual_seed(cfg.seed)
-    out = module.diffusion.bits_per_dim(module.ema.module if cfg.use_ema else module.net, x0,
-                                        clip_denoised=cfg.bpd_clip_denoised, chunk=cfg.batch_size, generator=g)
-    sums = torch.stack([out[k].sum() for k in ("total", "prior", "decoder")] + [torch.tensor(float(len(idx)), device=fabric.device, dtype=torch.float64)])
-    sums = fabric.all_reduce(sums, reduce_op="sum")
-    total, prior, decoder, count = sums.tolist()
-    return {"bpd": total / count, "bpd_prior": prior / count, "bpd_decoder": decoder / count, "bpd_n": int(count),
-            "bpd_clip_denoised": bool(cfg.bpd_clip_denoised)}
+def _write(cfg: DictConfig, out_dir: Path, results: dict[str, Any], world: int) -> None:
+    """Rank 0: the shards as one samples.npz, the grid, metrics.json, and the loggers."""
+    from torchvision.utils import save_image
 
+    from .callbacks import to_grid
+    from .loggers import build_loggers, log_image, log_metrics
+
+    parts = [np.load(out_dir / f"samples_rank{r}.npz")["arr_0"] for r in range(world)]
+    samples = np.concatenate(parts)[: cfg.n_samples]
+    np.savez(out_dir / "samples.npz", samples)
+    for r in range(world):
+        (out_dir / f"samples_rank{r}.npz").unlink()
+    grid = to_grid(torch.from_numpy(samples[: cfg.n_grid]).permute(0, 3, 1, 2), cfg.nrow, cfg.upscale)
+    save_image(grid, out_dir / "samples.png")
+    (out_dir / "metrics.json").write_text(json.dumps(results, indent=2))
+    for logger in build_loggers(to_plain(cfg.get("logger")), cfg.wandb_connect_timeout_s):
+        logger.log_hyperparams(to_plain(cfg))
+        log_metrics([logger], {f"eval/{k}": v for k, v in results.items() if isinstance(v, (int, float))},
+                    results["global_step"])
+        log_image([logger], "eval/samples", out_dir / "samples.png", grid, "EMA samples", results["global_step"])
+        logger.finalize("success")
+    log.info("Metrics: %s", json.dumps(results))
+    print(f"Wrote {out_dir / 'samples.npz'}, {out_dir / 'samples.png'} and {out_dir / 'metrics.json'}")

@@ -97,10 +97,14 @@ def quantize(images: Tensor) -> Tensor:
 def train_classifier(images: Tensor, labels: Tensor, num_classes: int, steps: int, batch_size: int, lr: float,
                      seed: int, width: int = 32, num_features: int = 128) -> tuple[ClassifierFeatures, float]:
     """Fit the classifier on (uint8 images, labels) for a fixed number of steps (a budget that does not grow
-    with the data set); returns it (eval mode) and its final training accuracy."""
+    with the data set); returns it (eval mode) and its final training accuracy.
+
+    Runs under fork_rng: the global streams (a training run's t, eps and dropout) are the same afterwards, so a
+    run with an empty cache (which trains the classifier) draws what the same run with a warm cache draws."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)  # the initial weights
+        net = ClassifierFeatures(images.shape[1], num_classes, width, num_features)
     g = torch.Generator().manual_seed(seed)
-    torch.manual_seed(seed)
-    net = ClassifierFeatures(images.shape[1], num_classes, width, num_features)
     opt = torch.optim.AdamW(net.parameters(), lr=lr)
     schedule = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps)
     n = images.shape[0]

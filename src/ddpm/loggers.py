@@ -15,6 +15,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from hydra.utils import instantiate
+from torch import Tensor
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +59,24 @@ def wandb_offline_reason(timeout_s: float) -> str | None:
     return None
 
 
+def logger_config(cfg, sweep: dict[str, Any] | None, wandb_run_id: str | None = None) -> dict[str, Any]:
+    """The logger configs of a run; in a sweep each W&B run is grouped by sweep, named and tagged by its overrides;
+    a resumed run continues the W&B run of its checkpoint."""
+    from .config import to_plain
+
+    loggers = to_plain(cfg.get("logger")) or {}
+    for lcfg in loggers.values():
+        if lcfg.get("_target_") != WANDB_TARGET:
+            continue
+        if wandb_run_id:
+            lcfg["id"], lcfg["resume"] = wandb_run_id, "allow"
+        if sweep is not None:
+            lcfg["group"] = sweep["sweep"]
+            lcfg["name"] = lcfg.get("name") or " ".join(sweep["overrides"]) or f"job{sweep['job']}"
+            lcfg["tags"] = [*(lcfg.get("tags") or []), *sweep["overrides"]][:64]
+    return loggers
+
+
 def build_loggers(cfg: dict[str, Any] | None, connect_timeout_s: float) -> list:
     """Instantiate every logger in `cfg` (name -> config); an empty config means no logger."""
     loggers = []
@@ -74,3 +93,27 @@ def build_loggers(cfg: dict[str, Any] | None, connect_timeout_s: float) -> list:
             Path(lcfg["save_dir"]).mkdir(parents=True, exist_ok=True)
         loggers.append(instantiate(lcfg))
     return loggers
+
+
+def resume_ids(loggers: list) -> dict[str, Any]:
+    """What a checkpoint keeps so that a resumed run continues the same W&B run."""
+    from lightning.pytorch.loggers import WandbLogger
+
+    ids = [logger.version for logger in loggers if isinstance(logger, WandbLogger)]
+    return {"wandb_run_id": ids[0]} if ids else {}
+
+
+def log_image(loggers: list, key: str, path: Path, grid: Tensor, caption: str, step: int) -> None:
+    """A saved figure to every logger that takes images (W&B by file, TensorBoard by tensor (C, H, W))."""
+    from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
+
+    for logger in loggers:
+        if isinstance(logger, WandbLogger):
+            logger.log_image(key=key, images=[str(path)], caption=[caption], step=step)
+        elif isinstance(logger, TensorBoardLogger):
+            logger.experiment.add_image(key, grid, global_step=step)
+
+
+def log_metrics(loggers: list, metrics: dict[str, float], step: int) -> None:
+    for logger in loggers:
+        logger.log_metrics(metrics, step=step)

@@ -189,4 +189,6 @@ class SampleMetrics:
 
 
 def _data_key(datamodule) -> str:
-    return f"{datamodule.name}_{datamodule.image_size}px_{datamodule.channels}ch"
+    """Data set, the size samples are judged at (padded sets: their native size), channels."""
+    size = getattr(datamodule, "eval_size", datamodule.image_size)
+    return f"{datamodule.name}_{size}px_{datamodule.channels}ch"

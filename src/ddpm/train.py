@@ -7,6 +7,7 @@ Trainer starts, so a mistake costs seconds, not a training run.
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,7 @@ def build_module(cfg: DictConfig):
             sampler=to_plain(cfg.sampler),
             optimizer=to_plain(cfg.optimizer),
             image_shape=[cfg.data.channels, cfg.data.image_size, cfg.data.image_size],
+            perf=to_plain(cfg.perf),
             **to_plain(cfg.module),
         )
     except (ValueError, TypeError, InstantiationException) as err:
@@ -43,17 +45,46 @@ def _diff(old: Any, new: Any, prefix: str) -> list[str]:
     return [] if old == new else [f"{prefix}: checkpoint {old!r}, this run {new!r}"]
 
 
-def resolve_ckpt_path(cfg: DictConfig) -> str | None:
-    """`ckpt_path=last`: the newest last.ckpt of this task's earlier runs (single runs and sweep jobs)."""
+def _model_diffs(ckpt: dict[str, Any], module) -> list[str]:
+    saved = ckpt.get("hyper_parameters", {})
+    diffs = _diff(saved.get("model"), dict(module.hparams.model), "model")
+    return diffs + _diff(list(saved.get("image_shape", [])), list(module.hparams.image_shape), "image_shape")
+
+
+def _read(path: Path) -> dict[str, Any]:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as err:
+        raise ConfigError(f"could not read checkpoint {path} ({type(err).__name__}: {err}); it may be corrupt") from err
+
+
+def resolve_ckpt_path(cfg: DictConfig, module) -> str | None:
+    """The checkpoint to resume from: `ckpt_path` as given; for `last`, the newest last.ckpt of this task's earlier
+    runs (single runs and sweep jobs) whose model config matches this run's. With none given, in a requeued SLURM
+    job (SLURM_RESTART_COUNT > 0; submitit reruns it with the same output dir), that dir's own last.ckpt."""
     path = cfg.get("ckpt_path")
+    own = Path(cfg.paths.output_dir).resolve()
+    if path is None:
+        requeued = own / "checkpoints" / "last.ckpt"
+        return str(requeued) if int(os.environ.get("SLURM_RESTART_COUNT") or 0) > 0 and requeued.is_file() else None
     if path != "last":
         return path
     root = Path(cfg.paths.log_dir) / cfg.task_name
-    own = Path(cfg.paths.output_dir).resolve()
-    found = [p for p in root.glob("*/**/checkpoints/last.ckpt") if own not in p.resolve().parents]
+    found = sorted((p for p in root.glob("*/**/checkpoints/last.ckpt") if own not in p.resolve().parents),
+                   key=lambda p: p.stat().st_mtime, reverse=True)
     if not found:
         raise ConfigError(f"ckpt_path=last: no earlier last.ckpt under {root.resolve()}; give a checkpoint's path instead")
-    return str(max(found, key=lambda p: p.stat().st_mtime))
+    why = []
+    for candidate in found:
+        try:
+            diffs = _model_diffs(_read(candidate), module)
+        except ConfigError as err:
+            diffs = [str(err)]
+        if not diffs:
+            return str(candidate)
+        why.append(f"{candidate.parent.parent.name}: {diffs[0]}")
+    raise ConfigError(f"ckpt_path=last: none of the {len(found)} earlier run(s) under {root.resolve()} has this "
+                      f"run's model config ({'; '.join(why[:5])}); give a checkpoint's path, or the run's config")
 
 
 def check_checkpoint(path: str, module) -> dict[str, Any]:
@@ -61,13 +92,8 @@ def check_checkpoint(path: str, module) -> dict[str, Any]:
     resuming needs besides the state Lightning restores (the W&B run id)."""
     if not Path(path).is_file():
         raise ConfigError(f"ckpt_path {path} does not exist; give the path of a .ckpt file (e.g. .../checkpoints/last.ckpt)")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as err:
-        raise ConfigError(f"could not read checkpoint {path} ({type(err).__name__}: {err}); it may be corrupt") from err
-    saved = ckpt.get("hyper_parameters", {})
-    diffs = _diff(saved.get("model"), dict(module.hparams.model), "model")
-    diffs += _diff(list(saved.get("image_shape", [])), list(module.hparams.image_shape), "image_shape")
+    ckpt = _read(Path(path))
+    diffs = _model_diffs(ckpt, module)
     if diffs:
         raise ConfigError(
             f"checkpoint {path} was trained with a different model config: " + "; ".join(diffs)
@@ -110,28 +136,18 @@ def assign_gpu(cfg: DictConfig, sweep: dict | None) -> None:
             cfg.trainer.devices = [sweep["job"] % torch.cuda.device_count()]
 
 
-def logger_config(cfg: DictConfig, sweep: dict | None, wandb_run_id: str | None = None) -> dict[str, Any]:
-    """The logger configs; in a sweep each W&B run is grouped by sweep, named and tagged by its overrides;
-    a resumed run continues the W&B run of its checkpoint."""
-    loggers = to_plain(cfg.get("logger")) or {}
-    for lcfg in loggers.values():
-        if wandb_run_id and str(lcfg.get("_target_", "")).endswith("WandbLogger"):
-            lcfg["id"], lcfg["resume"] = wandb_run_id, "allow"
-        if sweep is not None and str(lcfg.get("_target_", "")).endswith("WandbLogger"):
-            lcfg["group"] = sweep["sweep"]
-            lcfg["name"] = lcfg.get("name") or " ".join(sweep["overrides"]) or f"job{sweep['job']}"
-            lcfg["tags"] = [*(lcfg.get("tags") or []), *sweep["overrides"]][:64]
-    return loggers
-
-
 def train(cfg: DictConfig) -> dict[str, float]:
-    """Fit a DDPM as configured; writes and returns the final logged metrics as floats."""
+    """Fit a DDPM as configured; writes and returns the final logged metrics as floats. A stop signal during
+    training raises `preemption.Interrupted` after last.ckpt and metrics.json (status=interrupted) are written."""
     import lightning.pytorch as pl
     from hydra.utils import instantiate
 
-    from .loggers import build_loggers
+    from . import preemption
+    from .checks import TRAIN_RULES, check_config
+    from .loggers import build_loggers, logger_config
     from .sweep import write_job_metrics
 
+    check_config(cfg, TRAIN_RULES)
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     OmegaConf.save(cfg, output_dir / "config.yaml", resolve=True)
@@ -144,11 +160,11 @@ def train(cfg: DictConfig) -> dict[str, float]:
     datamodule = instantiate(cfg.data)
     module = build_module(cfg)
     datamodule.check()
-    ckpt_path = resolve_ckpt_path(cfg)
+    ckpt_path = resolve_ckpt_path(cfg, module)
     resume = check_checkpoint(ckpt_path, module) if ckpt_path else {}
 
     loggers = build_loggers(logger_config(cfg, sweep, resume.get("wandb_run_id")), cfg.wandb_connect_timeout_s)
-    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
+    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()] + [preemption.GracefulStop()]
     if not loggers:  # an LR monitor with nothing to log to is an error in Lightning; drop it instead
         callbacks = [c for c in callbacks if not isinstance(c, pl.callbacks.LearningRateMonitor)]
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
@@ -159,9 +175,14 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
     if ckpt_path:
         log.info("Resuming from %s", ckpt_path)
+    preemption.reset()
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if torch.as_tensor(v).numel() == 1}
+    signum = preemption.requested()
     for logger in loggers:
-        logger.finalize("success")
-    write_job_metrics(output_dir, metrics, "success")
+        logger.finalize("success" if signum is None else "aborted")
+    write_job_metrics(output_dir, {"step": trainer.global_step, **metrics},
+                      "success" if signum is None else "interrupted")
+    if signum is not None:
+        raise preemption.Interrupted(signum, trainer.global_step)
     return metrics

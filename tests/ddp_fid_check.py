@@ -2,10 +2,11 @@
 
 Training and eval.py shard sampling over ranks and let torchmetrics sum the feature statistics at
 `compute()`; only rank 0 holds the reference statistics. If that were wrong (reference counted N times,
-a shard lost), the value would move far beyond float64 summation order. Run on a multi-GPU machine:
+a shard lost), the value would move far beyond float64 summation order. tests/test_ddp.py runs it with 1 and
+2 CPU processes (gloo); on a multi-GPU machine:
 
-    python benchmarks/ddp_fid_check.py --devices 1
-    python benchmarks/ddp_fid_check.py --devices 2      # prints the same value, to ~1e-9 relative
+    python tests/ddp_fid_check.py --devices 1
+    python tests/ddp_fid_check.py --devices 2      # prints the same value, to ~1e-9 relative
 
 The "generated" images are the digits validation images with fixed Gaussian noise added (identical
 on every rank), so the distance is non-trivial; the classifier features need no download.
@@ -15,13 +16,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "src"))
 
 
 def main() -> None:
