@@ -1,0 +1,88 @@
+"""The execution plan: what each perf option resolves to per device, and that it stays on public APIs."""
+
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+from ddpm.config import ConfigError, to_plain
+from ddpm.perf import COMPILE_MODES, resolve_plan
+from tests.conftest import ROOT, compose
+
+CPU, CUDA = torch.device("cpu"), torch.device("cuda")  # a device object needs no GPU
+
+
+def perf(option: str, **changes) -> dict:
+    return {**to_plain(compose([f"perf={option}"]).perf), **changes}
+
+
+def test_compile_modes_are_torchs_own_mode_options():
+    """torch.compile takes a mode or options, not both: our table must stay torch's list of mode options."""
+    from torch._inductor import list_mode_options
+
+    for mode, options in COMPILE_MODES.items():
+        assert options == list_mode_options(mode), mode
+
+
+def test_auto_is_the_fast_path_on_cuda_and_eager_fp32_on_a_cpu():
+    on_cpu, on_cuda = resolve_plan(perf("auto"), CPU), resolve_plan(perf("auto"), CUDA)
+    assert not (on_cpu.compile or on_cpu.channels_last or on_cpu.fused_optimizer or on_cpu.sample_bf16)
+    assert on_cpu.data_on_device_max_gib == 0 and not on_cpu.cuda_graphs
+    assert on_cuda.compile and on_cuda.channels_last and on_cuda.fused_optimizer and on_cuda.sample_bf16
+    assert on_cuda.cuda_graphs and on_cuda.data_on_device_max_gib == 2.0
+    assert on_cuda.batch_memory_format == torch.contiguous_format  # compiled: the graph lays out NHWC itself
+
+
+def test_gpu_and_cpu_options_force_their_choices_on_any_device():
+    forced = resolve_plan(perf("gpu"), CPU)
+    assert forced.compile and forced.channels_last and forced.sample_bf16 and not forced.cuda_graphs  # no graphs on a CPU
+    plain = resolve_plan(perf("cpu"), CUDA)
+    assert not (plain.compile or plain.channels_last or plain.fused_optimizer or plain.sample_bf16)
+    assert plain.data_on_device_max_gib == 0
+    assert resolve_plan(None, CUDA) == resolve_plan(perf("cpu"), CUDA)  # no perf config: eager fp32
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"compile": "sometimes"}, "perf.compile must be true, false or auto"),
+    ({"compile_mode": "fastest"}, "perf.compile_mode must be one of"),
+    ({"sample_precision": "fp8"}, "perf.sample_precision must be 32, bf16 or auto"),
+    ({"data_on_device_max_gib": -1.0}, "data_on_device_max_gib must be >= 0"),
+    ({"unknown": 1}, "unexpected keyword argument 'unknown'"),
+])
+def test_bad_perf_values_are_one_config_error(change, message):
+    with pytest.raises(ConfigError, match=message):
+        resolve_plan(perf("auto", **change), CPU)
+
+
+def test_checkpoints_from_before_the_perf_group_load(tmp_path):
+    """A checkpoint whose hyperparameters hold the old module-level switches rebuilds with the same plan."""
+    from ddpm.module import DiffusionModule
+    from ddpm.train import build_module
+
+    module = build_module(compose(["model=unet_tiny", "scheduler.num_timesteps=10"]))
+    hparams = {k: v for k, v in module.hparams.items() if k != "perf"}
+    old = DiffusionModule(**hparams, compile=False, compile_mode="reduce-overhead", channels_last="auto",
+                          fused_optimizer="auto", sample_precision="auto")
+    assert old.hparams.perf["channels_last"] == "auto" and "compile" not in old.hparams
+    assert resolve_plan(old.hparams.perf, CUDA).channels_last and not resolve_plan(old.hparams.perf, CUDA).compile
+
+
+def test_src_uses_no_private_lightning_or_inductor_members():
+    pattern = re.compile(r"\._trainer|_save_last_checkpoint|_last_global_step_saved|_monitor_candidates|torch\._inductor")
+    hits = [f"{p}:{i}" for p in (ROOT / "src").rglob("*.py")
+            for i, line in enumerate(p.read_text().splitlines(), 1) if pattern.search(line)]
+    assert hits == []
+
+
+def test_module_is_glue_and_no_source_file_is_long():
+    assert len((ROOT / "src" / "ddpm" / "module.py").read_text().splitlines()) <= 200
+    long = [p.name for p in (ROOT / "src").rglob("*.py") if len(p.read_text().splitlines()) > 300]
+    assert long == []
+
+
+def test_nothing_in_the_repo_points_outside_it():
+    texts = [p for d in ("conf", "tests", "docs", "src", "benchmarks") for p in (ROOT / d).rglob("*")
+             if p.is_file() and p.suffix in (".py", ".yaml", ".md")] + [ROOT / "README.md"]
+    outside = "../" + "shared"  # the project's seed documents: the repo must stand alone
+    assert [str(p) for p in texts if outside in p.read_text()] == []
