@@ -76,3 +76,37 @@ def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path, data):
     for i in ref_opt:
         assert torch.equal(ref_opt[i]["exp_avg_sq"], res_opt[i]["exp_avg_sq"])
     assert reference["lr_schedulers"][0]["last_epoch"] == result["lr_schedulers"][0]["last_epoch"] == 40
+
+
+def test_sigterm_saves_the_current_step_marks_the_run_interrupted_and_resumes_exactly(tmp_path):
+    """SLURM preemption or `kill`: the step in progress finishes, last.ckpt holds it (not the last periodic
+    checkpoint), metrics.json says interrupted, the exit code is 128 + 15; `ckpt_path=last` then ends with
+    bitwise the weights of an uninterrupted run."""
+    import json
+
+    env = {**os.environ, "WANDB_MODE": "offline"}
+    full = subprocess.run(command(tmp_path / "a"), cwd=tmp_path, capture_output=True, text=True, env=env, timeout=600)
+    assert full.returncode == 0, full.stderr[-3000:]
+    reference = final_state(newest_run(tmp_path / "a"))
+
+    stopped = subprocess.Popen(command(tmp_path / "b"), cwd=tmp_path, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE, text=True, env=env)
+    deadline = time.time() + 300
+    while time.time() < deadline and not list((tmp_path / "b").rglob("step_0000020.ckpt")):
+        time.sleep(0.05)
+    stopped.send_signal(signal.SIGTERM)
+    stderr = stopped.communicate(timeout=300)[1]
+    assert stopped.returncode == 128 + signal.SIGTERM, stderr[-3000:]
+    assert "interrupted: stopped by SIGTERM" in stderr and "Traceback" not in stderr
+    run = newest_run(tmp_path / "b")
+    record = json.loads((run / "metrics.json").read_text())
+    step = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["global_step"]
+    assert record["status"] == "interrupted" and record["step"] == step and 20 <= step < 40
+
+    resumed = subprocess.run(command(tmp_path / "b", "ckpt_path=last"), cwd=tmp_path, capture_output=True, text=True,
+                             env=env, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"Resuming from {run}" in resumed.stdout + resumed.stderr
+    result = final_state(newest_run(tmp_path / "b"))
+    for name, value in reference["state_dict"].items():
+        assert torch.equal(value, result["state_dict"][name]), f"{name} differs after resuming from step {step}"

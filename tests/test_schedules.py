@@ -18,7 +18,7 @@ def cumprod(values):
 
 
 def test_linear_golden_values():
-    """background.md §1: linear, T=1000, float64."""
+    """docs/math.md §1: linear, T=1000, float64."""
     betas = linear_betas(1000)
     assert betas.dtype == torch.float64
     diffusion = GaussianDiffusion(betas)
@@ -52,7 +52,7 @@ def test_quadratic_matches_pure_python():
 
 
 def test_cosine_golden_values_and_cap():
-    """background.md §1: beta_0 = 4.128e-05, abar_0 = 0.999959, abar_{T-1} = 2.43e-09, only the last beta capped."""
+    """docs/math.md §1: beta_0 = 4.128e-05, abar_0 = 0.999959, abar_{T-1} = 2.43e-09, only the last beta capped."""
     betas = cosine_betas(1000)
     abar = GaussianDiffusion(betas).alphas_cumprod
     assert betas[0].item() == pytest.approx(4.128e-05, rel=1e-3)

@@ -99,7 +99,7 @@ def test_multirun_with_multi_gpu_ddp_is_refused():
 
 
 def test_ddpm_cifar10_experiment_is_the_paper_recipe():
-    """Every number of background.md §7 (Ho et al. 2020, CIFAR-10)."""
+    """Every number of docs/math.md §7 (Ho et al. 2020, CIFAR-10)."""
     cfg = compose(["experiment=ddpm_cifar10"])
     assert cfg.data.name == "cifar10" and cfg.data.random_flip is True and cfg.data.batch_size == 128
     s = cfg.scheduler

@@ -114,6 +114,12 @@ def test_checkpoint_from_other_model_is_refused(trained, tmp_path):
         (["scheduler.num_timesteps=0"], "num_timesteps must be an integer >= 1"),
         (["data=mnist", "data.download=false", "paths.data_dir=nowhere"], "mnist: files missing in"),
         (["data=image_folder"], "data.root"),
+        (["data.batch_size=0"], "data.batch_size must be a positive integer, got 0"),
+        (["data.batch_size=-1"], "data.batch_size must be a positive integer, got -1"),
+        (["trainer.max_steps=-5"], r"trainer.max_steps must be an integer >= -1 \(-1: no limit\), got -5"),
+        (["optimizer.lr=nan"], "optimizer.lr must be a finite positive number, got nan"),
+        (["optimizer.lr=-1"], "optimizer.lr must be a finite positive number, got -1"),
+        (["callbacks.sample_eval.fid_samples=-3"], "callbacks.sample_eval.fid_samples must be an integer >= 0"),
     ],
 )
 def test_bad_input_is_one_clear_message(tmp_path, args, message):
@@ -122,6 +128,39 @@ def test_bad_input_is_one_clear_message(tmp_path, args, message):
     assert message in proc.stderr or __import__("re").search(message, proc.stderr), proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr
     assert not list(tmp_path.rglob("*.ckpt"))  # nothing trained
+
+
+def _one_error_line(proc: subprocess.CompletedProcess) -> str:
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1, proc.stderr[-2000:]
+    return lines[0]
+
+
+def test_unreadable_image_file_stops_before_training_naming_it(tmp_path):
+    from PIL import Image
+
+    images = tmp_path / "images"
+    images.mkdir()
+    for i in range(8):
+        Image.new("RGB", (8, 8), (30 * i, 0, 0)).save(images / f"{i}.png")
+    Image.new("RGB", (32, 32)).save(images / "cut.jpg")
+    (images / "cut.jpg").write_bytes((images / "cut.jpg").read_bytes()[:200])
+    args = [*FAST, "logger=none", "data=image_folder", f"data.root={images}", "data.image_size=8", "data.batch_size=4",
+            "data.num_workers=0", "data.val_fraction=0.25"]
+    line = _one_error_line(run_cli(args, tmp_path))
+    assert "1 unreadable image(s)" in line and "cut.jpg" in line and "skip_unreadable=true" in line
+    assert not list(tmp_path.rglob("*.ckpt"))
+    skipped = run_cli([*args, "data.skip_unreadable=true", "trainer.max_steps=2"], tmp_path)
+    assert skipped.returncode == 0 and "skipping 1 unreadable image(s) of 9" in skipped.stdout + skipped.stderr
+
+
+def test_unwritable_output_dir_is_one_line(tmp_path):
+    """/proc takes no new folders, even for root (a read-only file system says the same in its own words)."""
+    proc = subprocess.run([sys.executable, str(ROOT / "train.py"), "paths.log_dir=/proc/ddpm-test", *FAST, "logger=none"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 2
+    assert "cannot write the output dir /proc/ddpm-test/train/runs/" in _one_error_line(proc)
 
 
 def test_unknown_option_lists_the_choices(tmp_path):
@@ -159,6 +198,21 @@ def test_wandb_without_credentials_logs_offline_and_holds_the_run(tmp_path):
     assert {"samples", "denoising_chain", "forward_process"} <= images
 
 
+def test_an_empty_and_a_warm_feature_cache_train_the_same_weights(tmp_path):
+    """The first run trains the FID feature classifier (an empty cache/), the second reads it: the classifier's
+    training must not move the streams that draw t, eps and dropout, so both end with bitwise the same weights."""
+    args = [*FAST, "logger=none", "model.dropout=0.1", "trainer.max_steps=6", "trainer.val_check_interval=3",
+            "callbacks.sample_eval.fid_samples=16", "callbacks.sample_eval.chain_frames=0", "fid.classifier.steps=5",
+            f"fid.cache_dir={tmp_path / 'cache'}"]
+    weights = []
+    for name in ("empty", "warm"):
+        train(compose(args, output_dir=tmp_path / name))
+        weights.append(torch.load(tmp_path / name / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"])
+        assert (tmp_path / "cache" / "classifiers").is_dir()
+    for key, value in weights[0].items():
+        assert torch.equal(value, weights[1][key]), key
+
+
 def test_train_in_process_returns_metrics(tmp_path):
     cfg = compose([*FAST, "logger=none", "trainer.max_steps=4", "trainer.val_check_interval=4"], output_dir=tmp_path)
     metrics = train(cfg)
@@ -192,6 +246,16 @@ def test_eval_py_writes_samples_and_metrics(trained, tmp_path):
     assert not list(eval_dir.glob("samples_rank*.npz"))
 
 
+@pytest.mark.parametrize("arg, message", [("n_samples=0", "n_samples must be a positive integer, got 0"),
+                                          ("batch_size=-2", "batch_size must be a positive integer, got -2")])
+def test_eval_py_bad_numbers_are_one_message(trained, tmp_path, arg, message):
+    _, out = trained
+    proc = subprocess.run([sys.executable, str(ROOT / "eval.py"), f"ckpt_path={out / 'checkpoints' / 'last.ckpt'}", arg,
+                           "logger=none", f"paths.log_dir={tmp_path / 'logs'}"], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 2 and message in _one_error_line(proc)
+
+
 def test_eval_py_missing_checkpoint_is_one_message(tmp_path):
     proc = subprocess.run([sys.executable, str(ROOT / "eval.py"), f"ckpt_path={tmp_path / 'nope.ckpt'}", "logger=none",
                            f"paths.log_dir={tmp_path / 'logs'}"], cwd=tmp_path, capture_output=True, text=True,
@@ -213,6 +277,20 @@ def test_ckpt_path_last_resumes_the_newest_run_and_its_wandb_run(tmp_path):
     ckpt = torch.load(second_dir / "checkpoints" / "last.ckpt", weights_only=True)
     assert ckpt["global_step"] == 5 and ckpt["wandb_run_id"] == run_id
     assert list((second_dir / "wandb").glob(f"offline-run-*-{run_id}"))
+
+
+def test_ckpt_path_last_takes_the_newest_run_of_this_model_or_says_why_none_fits(tmp_path):
+    """A newer run of another model is passed over; with no run of this model, every run found is listed."""
+    first = run_cli([*FAST, "logger=none", "trainer.max_steps=3"], tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    tiny_dir = run_dir(tmp_path)
+    other = run_cli([*FAST, "logger=none", "trainer.max_steps=3", "model.base_channels=8"], tmp_path)
+    assert other.returncode == 0, other.stderr[-3000:]
+    resumed = run_cli([*FAST, "logger=none", "trainer.max_steps=4", "ckpt_path=last"], tmp_path)
+    assert resumed.returncode == 0 and f"Resuming from {tiny_dir}" in resumed.stdout + resumed.stderr
+    none = run_cli([*FAST, "logger=none", "model.base_channels=24", "ckpt_path=last"], tmp_path)
+    line = _one_error_line(none)
+    assert "none of the 3 earlier run(s)" in line and "model.base_channels: checkpoint 16, this run 24" in line
 
 
 def test_ckpt_path_last_without_runs_is_one_message(tmp_path):

@@ -148,10 +148,12 @@ class SampleEvaluation(pl.Callback):
 
 
 class LastCheckpoint(ModelCheckpoint):
-    """ModelCheckpoint whose last.ckpt always holds the final step (also after a stop signal).
+    """ModelCheckpoint whose last.ckpt always holds the final step, saved where periodic checkpoints are (at the
+    end of a training batch, mid-epoch), so resuming it continues exactly, also after a stop signal.
 
-    Lightning may keep last.ckpt at the last periodic save: with every_n_train_steps=1000 and max_steps=1500 it
-    would lose 500 steps. Public API only: every save at the current step is seen through on_save_checkpoint.
+    Lightning may keep last.ckpt at the last periodic save (every_n_train_steps=1000, max_steps=1500 would lose
+    500 steps), and a save at the end of training records the epoch as finished (a resumed run would start the
+    next epoch's order). Public API only: every save at the current step is seen through on_save_checkpoint.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -162,8 +164,16 @@ class LastCheckpoint(ModelCheckpoint):
         self.saved_at_step = trainer.global_step
         return super().on_save_checkpoint(trainer, pl_module, checkpoint)
 
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any, **kwargs: Any) -> None:
+        super().on_train_batch_end(trainer, pl_module, *args, **kwargs)
+        last_step = trainer.max_steps != -1 and trainer.global_step >= trainer.max_steps
+        if trainer.should_stop or last_step:  # should_stop: preemption.GracefulStop, which runs before this
+            self._save_last(trainer)
+
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        super().on_train_end(trainer, pl_module)
+        self._save_last(trainer)  # not Lightning's: it would overwrite the mid-epoch last.ckpt with an end-of-epoch one
+
+    def _save_last(self, trainer: pl.Trainer) -> None:
         if self.save_last and self.saved_at_step != trainer.global_step and self.dirpath is not None:
             path = str(Path(self.dirpath) / f"{self.CHECKPOINT_NAME_LAST}{self.FILE_EXTENSION}")
             trainer.save_checkpoint(path)
