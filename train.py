@@ -29,6 +29,10 @@ def main(cfg: DictConfig) -> float:
     except Interrupted as err:  # SIGTERM / SIGINT: state saved, metrics.json says interrupted; a sweep stops too
         log.error("%s", err)
         print(f"interrupted: {err}", file=sys.stderr)
+        if HydraConfig.get().mode == RunMode.MULTIRUN:
+            from ddpm.sweep import summarize
+
+            summarize(Path(HydraConfig.get().sweep.dir))
         sys.exit(err.exit_code)
     except (UserError, OmegaConfBaseException) as err:  # bad input: one message, no traceback
         log.error("%s", err)

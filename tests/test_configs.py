@@ -9,7 +9,7 @@ from hydra.utils import instantiate
 from ddpm.diffusion import GaussianDiffusion
 from tests.conftest import CONF, compose
 
-GROUPS = ["scheduler", "model", "data", "sampler", "trainer", "logger", "callbacks", "experiment"]
+GROUPS = ["scheduler", "model", "data", "sampler", "trainer", "perf", "logger", "callbacks", "experiment"]
 
 
 def options(group: str) -> list[str]:
@@ -68,3 +68,35 @@ def test_gpu_trainers_use_bf16_mixed():
 def test_output_dirs_are_unique_to_the_microsecond():
     run_dir = (Path(CONF) / "hydra" / "default.yaml").read_text()
     assert "%f" in run_dir and "chdir: false" in run_dir
+
+
+def test_config_numbers_that_define_a_method():
+    """The numbers that make a schedule the paper's, checked where they are written (conf/scheduler/), and the
+    cosine schedule built from its config against an independent float64 evaluation of Nichol & Dhariwal's
+    formula (s = 0.008 gives beta_0 = 4.128e-05; s = 0 would give beta_0 = 2.5e-6)."""
+    linear = compose(["scheduler=linear"]).scheduler
+    assert (linear.beta_start, linear.beta_end, linear.num_timesteps, linear.scale_to_num_timesteps) == (1e-4, 0.02, 1000, False)
+    cosine = compose(["scheduler=cosine"]).scheduler
+    assert (cosine.s, cosine.max_beta, cosine.num_timesteps) == (0.008, 0.999, 1000)
+    sigmoid = compose(["scheduler=sigmoid"]).scheduler
+    assert (sigmoid.start, sigmoid.end, sigmoid.tau) == (-3.0, 3.0, 1.0)  # Chen (2023) / lucidrains' defaults
+
+    import math
+
+    f = lambda u: math.cos((u + 0.008) / 1.008 * math.pi / 2) ** 2  # noqa: E731
+    expected = [min(1 - f((i + 1) / 1000) / f(i / 1000), 0.999) for i in range(1000)]
+    betas = instantiate(cosine)
+    torch.testing.assert_close(betas, torch.tensor(expected, dtype=torch.float64), rtol=1e-12, atol=1e-15)
+    assert abs(betas[0].item() - 4.128e-05) < 5e-9
+
+
+def test_perf_group_options_compose():
+    for option in ("auto", "gpu", "cpu"):
+        assert set(compose([f"perf={option}"]).perf) == {"compile", "compile_mode", "channels_last", "fused_optimizer",
+                                                          "sample_precision", "data_on_device", "data_on_device_max_gib"}
+
+
+def test_mnist_likes_pad_and_others_resize_by_default():
+    for data, fit in {"mnist": "pad", "fashion_mnist": "pad", "digits": "resize", "cifar10": "resize",
+                      "image_folder": "resize", "synthetic": "resize"}.items():
+        assert compose([f"data={data}"]).data.fit == fit, data

@@ -202,3 +202,36 @@ def test_training_loss_is_l_simple_with_uniform_t():
     torch.testing.assert_close(zero, noise.pow(2).flatten(1).mean(1))
     with pytest.raises(ValueError, match="out_channels"):
         d.training_losses(lambda xt, tt: xt[:, :0], x0, t, noise)
+
+
+@pytest.mark.parametrize("clip", [False, True])
+def test_fixedsmall_sampler_follows_a_hand_computed_chain(clip):
+    """fixedsmall (sigma_t^2 = beta_tilde_t, the DDPM 256x256 models): the whole ancestral chain recomputed in
+    plain-Python float64 from the paper's formulas (x0_hat from eps, optional clip, posterior mean, beta_tilde
+    noise, none at t = 0), drawing the same z in the same order, equals the sampler's output."""
+    n_t, shape = 6, (2, 1, 1, 2)
+    betas = [0.05, 0.1, 0.2, 0.3, 0.4, 0.5]
+    d = GaussianDiffusion(torch.tensor(betas, dtype=torch.float64), "fixedsmall")
+    model = lambda x, t: 0.7 * x - 0.1 * t.to(x.dtype).reshape(-1, 1, 1, 1)  # noqa: E731
+    x_T = torch.randn(shape, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    out = AncestralSampler(d, clip_denoised=clip, progress=False).sample(
+        model, shape, torch.Generator().manual_seed(9), noise=x_T.clone()).images
+
+    g = torch.Generator().manual_seed(9)  # the sampler's draws, replayed: one z per step for t > 0
+    z = {t: torch.randn(shape, generator=g).double().flatten().tolist() for t in range(n_t - 1, 0, -1)}
+    abar = [math.prod(1 - b for b in betas[: i + 1]) for i in range(n_t)]
+    x = x_T.flatten().tolist()
+    per_image = 2  # pixels per image: the model's t term is per image
+    for t in range(n_t - 1, -1, -1):
+        a_t, a_prev, beta = abar[t], (abar[t - 1] if t > 0 else 1.0), betas[t]
+        nxt = []
+        for k, xk in enumerate(x):
+            eps = 0.7 * xk - 0.1 * t
+            x0 = math.sqrt(1 / a_t) * xk - math.sqrt(1 / a_t - 1) * eps
+            x0 = max(-1.0, min(1.0, x0)) if clip else x0
+            mean = beta * math.sqrt(a_prev) / (1 - a_t) * x0 + (1 - a_prev) * math.sqrt(1 - beta) / (1 - a_t) * xk
+            var = beta * (1 - a_prev) / (1 - a_t)  # beta_tilde_t
+            nxt.append(mean + (math.sqrt(var) * z[t][k] if t > 0 else 0.0))
+        x = nxt
+    assert per_image * shape[0] == len(x)
+    torch.testing.assert_close(out.flatten(), torch.tensor(x, dtype=torch.float64), rtol=1e-12, atol=1e-12)

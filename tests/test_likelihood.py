@@ -99,3 +99,36 @@ def test_bits_per_dim_loop_sums_every_term():
     torch.testing.assert_close(out["total"], out["terms"].sum(1) + out["prior"])
     torch.testing.assert_close(out["decoder"], out["terms"][:, 0])
     assert (out["terms"] >= 0).all()
+
+
+@pytest.mark.parametrize("t_int", [1, 2, 300, 999])
+def test_fixedsmall_kl_term_matches_independent_computation(t_int):
+    """L_t with sigma_t^2 = beta_tilde_t (fixedsmall): the model's variance equals the posterior's, so only the
+    means differ; KL by quadrature from plain-Python means and variances."""
+    d = GaussianDiffusion(linear_betas(1000), "fixedsmall")
+    x0, xt, eps = -0.3, 0.2, -0.5
+    betas = d.betas.tolist()
+    abar = [math.prod(1 - b for b in betas[: i + 1]) for i in range(t_int + 1)]
+    beta, alpha, a_t, a_prev = betas[t_int], 1 - betas[t_int], abar[t_int], abar[t_int - 1]
+    post_mean = beta * math.sqrt(a_prev) / (1 - a_t) * x0 + (1 - a_prev) * math.sqrt(alpha) / (1 - a_t) * xt
+    post_var = beta * (1 - a_prev) / (1 - a_t)
+    model_mean = (xt - beta / math.sqrt(1 - a_t) * eps) / math.sqrt(alpha)
+    expected = kl_by_quadrature(post_mean, post_var, model_mean, post_var) / math.log(2)
+    f = lambda v: torch.tensor([[v]], dtype=torch.float64)  # noqa: E731
+    got = d.vlb_terms_bpd(f(eps), f(x0), f(xt), torch.tensor([t_int]), clip_denoised=False)
+    assert got.item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_fixedsmall_decoder_term_uses_beta_tilde_1():
+    """At t = 0 fixedsmall's variance is beta_tilde_0 = 0; the decoder uses beta_tilde_1 instead (its log is
+    clipped there, improved-diffusion's convention), as fixedlarge does."""
+    d = GaussianDiffusion(linear_betas(1000), "fixedsmall")
+    x0, x1, eps = 2 * 40 / 255 - 1, 2 * 40 / 255 - 1 - 0.02, -0.4
+    a0, b0 = d.alphas_cumprod[0].item(), d.betas[0].item()
+    mean = (x1 - b0 / math.sqrt(1 - a0) * eps) / math.sqrt(1 - b0)
+    s = mpmath.sqrt(d.posterior_variance[1].item())
+    w = mpmath.mpf(1) / 255
+    expected = -float(mpmath.log(mpmath.ncdf(x0 + w, mean, s) - mpmath.ncdf(x0 - w, mean, s))) / math.log(2)
+    f = lambda v: torch.tensor([[v]], dtype=torch.float64)  # noqa: E731
+    got = d.vlb_terms_bpd(f(eps), f(x0), f(x1), torch.tensor([0]), clip_denoised=False)
+    assert got.item() == pytest.approx(expected, rel=1e-6)

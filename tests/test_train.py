@@ -213,6 +213,23 @@ def test_an_empty_and_a_warm_feature_cache_train_the_same_weights(tmp_path):
         assert torch.equal(value, weights[1][key]), key
 
 
+def test_a_requeued_slurm_job_resumes_from_its_own_last_ckpt(tmp_path, monkeypatch, caplog):
+    """submitit requeues a preempted job with the same config and output dir; SLURM counts the restart."""
+    from omegaconf import OmegaConf
+
+    args = [*FAST, "logger=none", "trainer.val_check_interval=100"]
+    train(compose([*args, "trainer.max_steps=3"], output_dir=tmp_path))
+    with caplog.at_level("INFO", logger="ddpm.train"):
+        train(compose([*args, "trainer.max_steps=5"], output_dir=tmp_path))  # no restart counted: starts over
+        assert "Resuming from" not in caplog.text
+        monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
+        train(compose([*args, "trainer.max_steps=20"], output_dir=tmp_path))
+        assert f"Resuming from {tmp_path / 'checkpoints' / 'last.ckpt'}" in caplog.text
+    ckpt = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
+    assert ckpt["global_step"] == 20 and ckpt["lr_schedulers"][0]["last_epoch"] == 20
+    assert OmegaConf.load(ROOT / "conf" / "launcher" / "slurm.yaml").hydra.launcher.max_num_timeout > 0
+
+
 def test_train_in_process_returns_metrics(tmp_path):
     cfg = compose([*FAST, "logger=none", "trainer.max_steps=4", "trainer.val_check_interval=4"], output_dir=tmp_path)
     metrics = train(cfg)

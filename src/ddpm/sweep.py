@@ -53,18 +53,22 @@ def format_table(rows: list[dict[str, Any]], columns: list[str]) -> str:
 
 class SweepSummary(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        sweep_dir = Path(config.hydra.sweep.dir)
-        rows = collect(sweep_dir) if sweep_dir.is_dir() else []
-        if not rows:
-            return
-        metric_keys = sorted({k for r in rows for k in r} - {"job", "swept", "overrides", "status", "error"})
-        columns = ["job", "swept", "status", *metric_keys, "overrides"]
-        with open(sweep_dir / "summary.csv", "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=[*columns, "error"], extrasaction="ignore")
-            writer.writeheader()
-            writer.writerows(rows)
-        shown = ["job", "swept", "status", *[k for k in metric_keys if k.startswith("val/")][:4]]
-        print(f"\nSweep summary ({sweep_dir / 'summary.csv'}):\n{format_table(rows, shown)}")
-        failed = [r["job"] for r in rows if r["status"] != "success"]
-        if failed:
-            log.warning("Sweep jobs failed: %s (see each job's metrics.json and log)", ", ".join(failed))
+        summarize(Path(config.hydra.sweep.dir))
+
+
+def summarize(sweep_dir: Path) -> None:
+    """Write <sweep dir>/summary.csv and print the table (at the sweep's end, or when a stop signal ends it)."""
+    rows = collect(sweep_dir) if sweep_dir.is_dir() else []
+    if not rows:
+        return
+    metric_keys = sorted({k for r in rows for k in r} - {"job", "swept", "overrides", "status", "error"})
+    columns = ["job", "swept", "status", *metric_keys, "overrides"]
+    with open(sweep_dir / "summary.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=[*columns, "error"], extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    shown = ["job", "swept", "status", *[k for k in metric_keys if k.startswith("val/")][:4]]
+    print(f"\nSweep summary ({sweep_dir / 'summary.csv'}):\n{format_table(rows, shown)}")
+    failed = [r["job"] for r in rows if r["status"] != "success"]
+    if failed:
+        log.warning("Sweep jobs not successful: %s (see each job's metrics.json and log)", ", ".join(failed))
