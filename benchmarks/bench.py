@@ -76,7 +76,8 @@ def build_ours(mode: str, model: str = "unet_base"):
     from ddpm.train import build_module
 
     tokens = mode.split("+")
-    compile_mode = "reduce-overhead" if "cg" in tokens else "max-autotune-no-cudagraphs" if "ma" in tokens else "default"
+    compile_mode = ("reduce-overhead" if "cg" in tokens else
+                    "max-autotune-no-cudagraphs" if "ma" in tokens else "default")
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         cfg = compose(config_name="train", overrides=[
             f"model={model}", "data=synthetic", f"perf.compile={'compile' in tokens}",
@@ -385,13 +386,14 @@ def _measure(name: str, mode: str, args) -> dict:
         if args.profile:
             profile(f"{name} {mode} sample x10 steps", lambda: sample(args.sample_batch, 10), 1, args.trace_dir)
     print(json.dumps(row), flush=True)
-    del step, sample
+    step = sample = None  # free the compiled graphs before the next mode
     torch.cuda.empty_cache()
     return row
 
 
 FIT_STEPS = 1200
-FIT_OVERRIDES = ["model=unet_base", "data=synthetic", "trainer=gpu", "logger=csv", "callbacks.sample_eval.fid_samples=0",
+FIT_OVERRIDES = ["model=unet_base", "data=synthetic", "trainer=gpu", "logger=csv",
+                 "callbacks.sample_eval.fid_samples=0",
                  "callbacks.sample_eval.bpd_images=0", "callbacks.sample_eval.n_grid=16",
                  "callbacks.sample_eval.chain_frames=0", "trainer.val_check_interval=100000",
                  "callbacks.progress_bar.refresh_rate=0", "+callbacks.fit_phases._target_=fit_phases.FitPhases"]
@@ -402,7 +404,8 @@ def trainer_fit(log_dir: Path) -> float | None:
     import os
     import re
 
-    cmd = [sys.executable, str(ROOT / "train.py"), *FIT_OVERRIDES, f"trainer.max_steps={FIT_STEPS}", f"paths.log_dir={log_dir}"]
+    cmd = [sys.executable, str(ROOT / "train.py"), *FIT_OVERRIDES, f"trainer.max_steps={FIT_STEPS}",
+           f"paths.log_dir={log_dir}"]
     print("# Trainer.fit: " + " ".join(cmd[1:]), flush=True)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "benchmarks"), os.environ.get("PYTHONPATH", "")])}
     out = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=log_dir)

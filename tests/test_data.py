@@ -55,7 +55,8 @@ def test_random_flip_mirrors_images_as_the_sampler_decides():
     dm.setup()
     raw = dm.split("train")[0][0]
     train = Flipped(dm.split("train"))
-    assert torch.equal(train[(0, True)], raw.flip(-1)) and torch.equal(train[(0, False)], raw) and torch.equal(train[0], raw)
+    assert torch.equal(train[(0, True)], raw.flip(-1))
+    assert torch.equal(train[(0, False)], raw) and torch.equal(train[0], raw)
     items = list(dm.train_dataloader().sampler)
     assert abs(sum(flip for _, flip in items) / len(items) - 0.5) < 0.075
 
@@ -98,7 +99,8 @@ def test_torchvision_loader_reads_idx_files_from_a_source_dir(tmp_path, dataset)
 
 
 def test_missing_data_offline_names_folder_and_files(tmp_path):
-    dm = TorchvisionDataModule("mnist", root=str(tmp_path), image_size=32, channels=1, batch_size=4, download=False, **COMMON)
+    dm = TorchvisionDataModule("mnist", root=str(tmp_path), image_size=32, channels=1, batch_size=4, download=False,
+                               **COMMON)
     with pytest.raises(DataError) as err:
         dm.check()
     msg = str(err.value)
@@ -121,7 +123,8 @@ def test_failed_download_is_one_clear_error(tmp_path, monkeypatch):
 def test_corrupt_idx_file_is_reported(tmp_path):
     _fake_mnist(tmp_path / "MNIST" / "raw", gz=False)
     (tmp_path / "MNIST" / "raw" / "train-images-idx3-ubyte").write_bytes(b"\x00\x00\x08\x03garbage")
-    dm = TorchvisionDataModule("mnist", root=str(tmp_path), image_size=28, channels=1, batch_size=4, download=False, **COMMON)
+    dm = TorchvisionDataModule("mnist", root=str(tmp_path), image_size=28, channels=1, batch_size=4, download=False,
+                               **COMMON)
     with pytest.raises(DataError, match="corrupt"):
         dm.setup()
 

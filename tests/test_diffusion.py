@@ -163,7 +163,8 @@ def test_sampler_with_exact_eps_reproduces_gaussian_data(variance_type):
 
     sampler = AncestralSampler(d, clip_denoised=False, progress=False)
     g = torch.Generator().manual_seed(3)
-    x = sampler.sample(exact_eps, (n, 1, 1, 1), generator=g, noise=torch.randn(n, 1, 1, 1, generator=g, dtype=torch.float64))
+    x_T = torch.randn(n, 1, 1, 1, generator=g, dtype=torch.float64)
+    x = sampler.sample(exact_eps, (n, 1, 1, 1), generator=g, noise=x_T)
     x = x.images.flatten()
     assert abs(x.mean().item() - mu) < 5 * s / math.sqrt(n) + 0.01
     assert abs(x.std().item() - s) < 5 * s / math.sqrt(2 * n) + 0.02

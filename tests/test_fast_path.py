@@ -12,7 +12,6 @@ import torch
 from ddpm.train import build_module
 from tests.conftest import compose
 
-
 PERF = {"compile", "compile_mode", "channels_last", "fused_optimizer", "sample_precision"}
 
 
@@ -31,7 +30,8 @@ def make(**options):
 
 
 def loss_of(m, x, t, noise):
-    return m.diffusion.training_losses(m.network("train"), x.contiguous(memory_format=m.plan.batch_memory_format), t, noise).mean()
+    x = x.contiguous(memory_format=m.plan.batch_memory_format)
+    return m.diffusion.training_losses(m.network("train"), x, t, noise).mean()
 
 
 @pytest.fixture(scope="module")
@@ -92,8 +92,9 @@ def _fit(fused: bool) -> list[torch.Tensor]:
                    "data.batch_size=32"])
     torch.manual_seed(0)
     module, data = build_module(cfg), instantiate(cfg.data)
-    trainer = pl.Trainer(accelerator="cpu", max_steps=4, gradient_clip_val=0.05, logger=False, enable_checkpointing=False,
-                         enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0, num_sanity_val_steps=0)
+    trainer = pl.Trainer(accelerator="cpu", max_steps=4, gradient_clip_val=0.05, logger=False,
+                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                         limit_val_batches=0, num_sanity_val_steps=0)
     trainer.fit(module, datamodule=data)
     assert getattr(trainer.optimizers[0], "defaults", {}).get("fused") is (True if fused else None)
     return [p.detach().clone() for p in module.ema.module.parameters()]
@@ -221,7 +222,8 @@ def test_training_steps_do_not_wait_for_the_device_except_at_checks(monkeypatch)
     converted = []
     convert = result.convert_tensors_to_scalars
     monkeypatch.setattr(result, "convert_tensors_to_scalars", lambda v: converted.append(v) or convert(v))
-    cfg = compose(["model=unet_tiny", "scheduler.num_timesteps=20", "data.batch_size=32", "module.check_every_n_steps=5"])
+    cfg = compose(["model=unet_tiny", "scheduler.num_timesteps=20", "data.batch_size=32",
+                   "module.check_every_n_steps=5"])
     module, data = build_module(cfg), instantiate(cfg.data)
     bar = LossProgressBar()
     trainer = pl.Trainer(accelerator="cpu", max_steps=12, logger=False, enable_checkpointing=False, callbacks=[bar],

@@ -93,7 +93,8 @@ def test_image_folder_without_labels_asks_for_inception(tmp_path):
     for i in range(4):
         Image.new("L", (8, 8), i * 40).save(tmp_path / f"{i}.png")
     dm = ImageFolderDataModule(root=str(tmp_path), image_size=8, channels=1, batch_size=2, val_fraction=0.25,
-                               random_flip=False, num_workers=0, split_seed=0, pin_memory=False, name="f", shuffle_seed=0)
+                               random_flip=False, num_workers=0, split_seed=0, pin_memory=False, name="f",
+                               shuffle_seed=0)
     m = SampleMetrics(cache_dir=str(tmp_path / "cache"))
     with pytest.raises(ValueError, match="fid.feature=inception"):
         m.prepare(dm)

@@ -1,7 +1,6 @@
 """The execution plan: what each perf option resolves to per device, and that it stays on public APIs."""
 
 import re
-from pathlib import Path
 
 import pytest
 import torch
@@ -36,7 +35,8 @@ def test_auto_is_the_fast_path_on_cuda_and_eager_fp32_on_a_cpu():
 
 def test_gpu_and_cpu_options_force_their_choices_on_any_device():
     forced = resolve_plan(perf("gpu"), CPU)
-    assert forced.compile and forced.channels_last and forced.sample_bf16 and not forced.cuda_graphs  # no graphs on a CPU
+    assert forced.compile and forced.channels_last and forced.sample_bf16
+    assert not forced.cuda_graphs  # no CUDA graphs on a CPU
     plain = resolve_plan(perf("cpu"), CUDA)
     assert not (plain.compile or plain.channels_last or plain.fused_optimizer or plain.sample_bf16)
     assert plain.data_on_device_max_gib == 0
@@ -69,7 +69,8 @@ def test_checkpoints_from_before_the_perf_group_load(tmp_path):
 
 
 def test_src_uses_no_private_lightning_or_inductor_members():
-    pattern = re.compile(r"\._trainer|_save_last_checkpoint|_last_global_step_saved|_monitor_candidates|torch\._inductor")
+    pattern = re.compile(r"\._trainer|_save_last_checkpoint|_last_global_step_saved|_monitor_candidates"
+                         r"|torch\._inductor")
     hits = [f"{p}:{i}" for p in (ROOT / "src").rglob("*.py")
             for i, line in enumerate(p.read_text().splitlines(), 1) if pattern.search(line)]
     assert hits == []

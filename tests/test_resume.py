@@ -41,11 +41,13 @@ def final_state(run: Path) -> dict:
     return ckpt
 
 
-@pytest.mark.parametrize("data", [[], ["perf.data_on_device=true", "data.random_flip=true"]], ids=["loader", "on_device"])
+@pytest.mark.parametrize("data", [[], ["perf.data_on_device=true", "data.random_flip=true"]],
+                         ids=["loader", "on_device"])
 def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path, data):
     """Both data paths: the DataLoader's, and the training split held on the device with its own seeded flips."""
     env = {**os.environ, "WANDB_MODE": "offline"}
-    full = subprocess.run(command(tmp_path / "a", *data), cwd=tmp_path, capture_output=True, text=True, env=env, timeout=600)
+    full = subprocess.run(command(tmp_path / "a", *data), cwd=tmp_path, capture_output=True, text=True, env=env,
+                          timeout=600)
     assert full.returncode == 0, full.stderr[-3000:]
     reference = final_state(newest_run(tmp_path / "a"))
 

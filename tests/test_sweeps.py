@@ -59,7 +59,8 @@ def test_a_failing_job_does_not_kill_the_sweep(tmp_path):
 
 @pytest.mark.slow
 def test_optuna_runs_two_trials_and_writes_best_parameters(tmp_path):
-    proc = run_multirun(["hparams_search=ddpm_optuna", "hydra.sweeper.n_trials=2", "hydra.sweeper.sampler.n_startup_trials=2"],
+    proc = run_multirun(["hparams_search=ddpm_optuna", "hydra.sweeper.n_trials=2",
+                         "hydra.sweeper.sampler.n_startup_trials=2"],
                         tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = yaml.safe_load(open(sweep_dir(tmp_path) / "optimization_results.yaml"))
@@ -108,7 +109,8 @@ def test_ddpm_cifar10_experiment_is_the_paper_recipe():
     m = cfg.model
     assert (m.base_channels, list(m.channel_mult), m.num_res_blocks, list(m.attention_resolutions), m.dropout) == \
         (128, [1, 2, 2, 2], 2, [16], 0.1)
-    assert cfg.module.variance_type == "fixedlarge" and cfg.module.lr_warmup_steps == 5000 and cfg.module.ema_decay == 0.9999
+    assert cfg.module.variance_type == "fixedlarge" and cfg.module.lr_warmup_steps == 5000
+    assert cfg.module.ema_decay == 0.9999
     assert cfg.module.ema_warmup is False
     o = cfg.optimizer
     assert o._target_ == "torch.optim.Adam" and o.lr == 2e-4 and o.eps == 1e-8 and list(o.betas) == [0.9, 0.999]

@@ -19,8 +19,9 @@ from tests.conftest import ROOT, compose
 
 pytestmark = pytest.mark.slow
 
-FAST = ["model=unet_tiny", "scheduler.num_timesteps=50", "callbacks.sample_eval.n_grid=16", "callbacks.sample_eval.nrow=4",
-        "callbacks.sample_eval.fid_samples=0", "callbacks.sample_eval.bpd_images=0", "callbacks.progress_bar.refresh_rate=0",
+FAST = ["model=unet_tiny", "scheduler.num_timesteps=50", "callbacks.sample_eval.n_grid=16",
+        "callbacks.sample_eval.nrow=4", "callbacks.sample_eval.fid_samples=0", "callbacks.sample_eval.bpd_images=0",
+        "callbacks.progress_bar.refresh_rate=0",
         "module.lr_warmup_steps=5"]
 
 
@@ -52,7 +53,8 @@ def test_cli_run_leaves_checkpoint_config_and_samples(trained):
     assert (out / "config.yaml").is_file() and (out / ".hydra" / "config.yaml").is_file()
     assert "${" not in (out / "config.yaml").read_text()  # resolved
     assert (out / "samples" / "final.png").is_file() and (out / "samples" / "step_0000020.png").is_file()
-    assert (out / "samples" / "step_0000020_chain.png").is_file() and (out / "samples" / "forward_process.png").is_file()
+    assert (out / "samples" / "step_0000020_chain.png").is_file()
+    assert (out / "samples" / "forward_process.png").is_file()
     from PIL import Image
 
     # 16 samples of 8x8 upscaled 4x in a 4x4 grid with 4-pixel padding
@@ -157,7 +159,8 @@ def test_unreadable_image_file_stops_before_training_naming_it(tmp_path):
 
 def test_unwritable_output_dir_is_one_line(tmp_path):
     """/proc takes no new folders, even for root (a read-only file system says the same in its own words)."""
-    proc = subprocess.run([sys.executable, str(ROOT / "train.py"), "paths.log_dir=/proc/ddpm-test", *FAST, "logger=none"],
+    proc = subprocess.run([sys.executable, str(ROOT / "train.py"), "paths.log_dir=/proc/ddpm-test", *FAST,
+                           "logger=none"],
                           cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 2
     assert "cannot write the output dir /proc/ddpm-test/train/runs/" in _one_error_line(proc)

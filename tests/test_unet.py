@@ -93,7 +93,8 @@ def test_attention_heads_agree_with_manual_softmax():
     ],
 )
 def test_bad_unet_config_says_what_to_change(kwargs, message):
-    base = dict(image_size=8, channel_mult=(1, 2), base_channels=32, attention_resolutions=(4,), num_groups=16, num_heads=1)
+    base = dict(image_size=8, channel_mult=(1, 2), base_channels=32, attention_resolutions=(4,), num_groups=16,
+                num_heads=1)
     base.update(kwargs)
     with pytest.raises(ValueError, match=message):
         UNet(**base)

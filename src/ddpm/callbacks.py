@@ -15,10 +15,10 @@ from torch import Tensor
 from torchvision.utils import make_grid, save_image
 
 from . import preemption
+from .data import image_of
 from .evaluation import bits_per_dim, draw_samples
 from .loggers import log_image, log_metrics
 from .metrics import SampleMetrics
-from .data import image_of
 from .samplers import chain_timesteps
 
 
@@ -138,7 +138,8 @@ class SampleEvaluation(pl.Callback):
         ts = chain_timesteps(pl_module.diffusion.num_timesteps, self.chain_frames)[::-1]  # 0 ... T-1
         g = torch.Generator(device=pl_module.device).manual_seed(self.seed)
         noise = torch.randn(x0.shape, generator=g, device=x0.device)
-        frames = [x0] + [pl_module.diffusion.q_sample(x0, torch.full((len(x0),), t, device=x0.device), noise) for t in ts]
+        q = pl_module.diffusion.q_sample
+        frames = [x0] + [q(x0, torch.full((len(x0),), t, device=x0.device), noise) for t in ts]
         self.out_dir.mkdir(parents=True, exist_ok=True)
         path = self.out_dir / "forward_process.png"
         grid = frames_grid([dm.to_eval(f) for f in frames], self.upscale)
@@ -160,7 +161,8 @@ class LastCheckpoint(ModelCheckpoint):
         super().__init__(*args, **kwargs)
         self.saved_at_step = -1
 
-    def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]) -> None:
+    def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
+                           checkpoint: dict[str, Any]) -> None:
         self.saved_at_step = trainer.global_step
         return super().on_save_checkpoint(trainer, pl_module, checkpoint)
 
@@ -184,7 +186,8 @@ class LossProgressBar(TQDMProgressBar):
     """Lightning's progress bar, showing train/loss as of the module's last NaN check (every
     module.check_every_n_steps): a float the check has already fetched, so the bar never waits for the GPU."""
 
-    def get_metrics(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, int | str | float | dict[str, float]]:
+    def get_metrics(self, trainer: pl.Trainer,
+                    pl_module: pl.LightningModule) -> dict[str, int | str | float | dict[str, float]]:
         metrics = super().get_metrics(trainer, pl_module)
         if getattr(pl_module, "checked_loss", None) is not None:
             metrics["train/loss"] = pl_module.checked_loss

@@ -104,7 +104,8 @@ class GaussianDiffusion(nn.Module):
 
     def q_sample(self, x0: Tensor, t: Tensor, noise: Tensor) -> Tensor:
         """x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps."""
-        return _gather(self.sqrt_alphas_cumprod, t, x0) * x0 + _gather(self.sqrt_one_minus_alphas_cumprod, t, x0) * noise
+        return (_gather(self.sqrt_alphas_cumprod, t, x0) * x0
+                + _gather(self.sqrt_one_minus_alphas_cumprod, t, x0) * noise)
 
     def q_posterior_mean_variance(self, x0: Tensor, x_t: Tensor, t: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """q(x_{t-1} | x_t, x_0): mean mu_tilde, variance beta_tilde_t, log-variance (beta_tilde_1 at t=0)."""
@@ -113,11 +114,13 @@ class GaussianDiffusion(nn.Module):
 
     def predict_x0_from_eps(self, x_t: Tensor, t: Tensor, eps: Tensor) -> Tensor:
         """x_0 = sqrt(1/abar_t) x_t - sqrt(1/abar_t - 1) eps."""
-        return _gather(self.sqrt_recip_alphas_cumprod, t, x_t) * x_t - _gather(self.sqrt_recipm1_alphas_cumprod, t, x_t) * eps
+        return (_gather(self.sqrt_recip_alphas_cumprod, t, x_t) * x_t
+                - _gather(self.sqrt_recipm1_alphas_cumprod, t, x_t) * eps)
 
     def predict_eps_from_x0(self, x_t: Tensor, t: Tensor, x0: Tensor) -> Tensor:
         """Inverse of `predict_x0_from_eps`."""
-        return (_gather(self.sqrt_recip_alphas_cumprod, t, x_t) * x_t - x0) / _gather(self.sqrt_recipm1_alphas_cumprod, t, x_t)
+        numerator = _gather(self.sqrt_recip_alphas_cumprod, t, x_t) * x_t - x0
+        return numerator / _gather(self.sqrt_recipm1_alphas_cumprod, t, x_t)
 
     # ----- reverse process -------------------------------------------------------------------
     def reverse_mean_from_eps(self, x_t: Tensor, t: Tensor, eps: Tensor) -> Tensor:
@@ -144,11 +147,13 @@ class GaussianDiffusion(nn.Module):
         return step.mean + nonzero * (0.5 * step.log_variance).exp() * noise
 
     # ----- training ----------------------------------------------------------------------------
-    def sample_timesteps(self, batch_size: int, device: torch.device, generator: torch.Generator | None = None) -> Tensor:
+    def sample_timesteps(self, batch_size: int, device: torch.device,
+                         generator: torch.Generator | None = None) -> Tensor:
         """t ~ U{0, ..., T-1}, one per sample."""
         return torch.randint(0, self.num_timesteps, (batch_size,), device=device, generator=generator)
 
-    def training_losses(self, model: EpsModel, x0: Tensor, t: Tensor | None = None, noise: Tensor | None = None) -> Tensor:
+    def training_losses(self, model: EpsModel, x0: Tensor, t: Tensor | None = None,
+                        noise: Tensor | None = None) -> Tensor:
         """L_simple per sample: mean over pixels of (eps - eps_theta(x_t, t))^2; shape (B,)."""
         if t is None:
             t = self.sample_timesteps(x0.shape[0], x0.device)

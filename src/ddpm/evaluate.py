@@ -83,7 +83,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         results.update(metrics.compute(samples.n_total))
     if "bpd" in cfg.metrics:
         results.update(bits_per_dim(module, datamodule.split("val"), cfg.bpd_images, rank, world, cfg.seed,
-                                    cfg.batch_size, cfg.bpd_clip_denoised, lambda x: fabric.all_reduce(x, reduce_op="sum"),
+                                    cfg.batch_size, cfg.bpd_clip_denoised,
+                                    lambda x: fabric.all_reduce(x, reduce_op="sum"),
                                     use_ema=cfg.use_ema))
         results["bpd_clip_denoised"] = bool(cfg.bpd_clip_denoised)
     fabric.barrier()

@@ -20,7 +20,13 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from .features import ClassifierFeatures, InceptionFeatures, load_classifier, quantize, save_classifier, train_classifier
+from .features import (
+    InceptionFeatures,
+    load_classifier,
+    quantize,
+    save_classifier,
+    train_classifier,
+)
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +109,8 @@ class SampleMetrics:
         return net
 
     def reference_path(self, datamodule) -> Path:
-        return Path(self.cache_dir) / "fid_reference" / f"{_data_key(datamodule)}_{self.reference_split}_{self.feature_id}.pt"
+        name = f"{_data_key(datamodule)}_{self.reference_split}_{self.feature_id}.pt"
+        return Path(self.cache_dir) / "fid_reference" / name
 
     def prepare(self, datamodule, device: torch.device | str = "cpu", holds_reference: bool = True) -> bool:
         """Build the metrics and fill in the reference statistics. Returns True on a cache hit."""
@@ -154,7 +161,8 @@ class SampleMetrics:
             self.fid.update(images[start:start + batch_size], real=True)
         ref = {name: getattr(self.fid, name).cpu() for name in REAL_STATES}
         if self.kid:
-            ref["features"] = torch.cat([self.net(images[i:i + batch_size]).cpu() for i in range(0, len(images), batch_size)])
+            chunks = range(0, len(images), batch_size)
+            ref["features"] = torch.cat([self.net(images[i:i + batch_size]).cpu() for i in chunks])
         self.fid.reset()
         return ref
 

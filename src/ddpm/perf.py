@@ -54,7 +54,8 @@ class ExecutionPlan:
     @property
     def cuda_graphs(self) -> bool:
         """Training steps replayed as CUDA graphs (each step must then mark its start)."""
-        return self.compile and self.device.type == "cuda" and self._options(self.compile_mode).get("triton.cudagraphs", False)
+        graphs = self._options(self.compile_mode).get("triton.cudagraphs", False)
+        return self.compile and self.device.type == "cuda" and graphs
 
     @property
     def batch_memory_format(self) -> torch.memory_format:

@@ -33,7 +33,8 @@ def collect(sweep_dir: Path) -> list[dict[str, Any]]:
             continue
         overrides_file = job_dir / ".hydra" / "overrides.yaml"
         overrides = OmegaConf.load(overrides_file) if overrides_file.is_file() else []
-        rows.append({"job": job_dir.name, "overrides": list(map(str, overrides)), **json.loads(metrics_file.read_text())})
+        record = json.loads(metrics_file.read_text())
+        rows.append({"job": job_dir.name, "overrides": list(map(str, overrides)), **record})
     common = set.intersection(*(set(r["overrides"]) for r in rows)) if len(rows) > 1 else set()
     for r in rows:  # "swept": what differs between the jobs; "overrides": everything the job was given
         r["swept"] = " ".join(o for o in r["overrides"] if o not in common)

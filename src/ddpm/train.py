@@ -73,7 +73,8 @@ def resolve_ckpt_path(cfg: DictConfig, module) -> str | None:
     found = sorted((p for p in root.glob("*/**/checkpoints/last.ckpt") if own not in p.resolve().parents),
                    key=lambda p: p.stat().st_mtime, reverse=True)
     if not found:
-        raise ConfigError(f"ckpt_path=last: no earlier last.ckpt under {root.resolve()}; give a checkpoint's path instead")
+        raise ConfigError(f"ckpt_path=last: no earlier last.ckpt under {root.resolve()}; "
+                          "give a checkpoint's path instead")
     why = []
     for candidate in found:
         try:
@@ -91,7 +92,8 @@ def check_checkpoint(path: str, module) -> dict[str, Any]:
     """Refuse to resume from a checkpoint trained with another network or image shape; return what
     resuming needs besides the state Lightning restores (the W&B run id)."""
     if not Path(path).is_file():
-        raise ConfigError(f"ckpt_path {path} does not exist; give the path of a .ckpt file (e.g. .../checkpoints/last.ckpt)")
+        raise ConfigError(f"ckpt_path {path} does not exist; give the path of a .ckpt file "
+                          "(e.g. .../checkpoints/last.ckpt)")
     ckpt = _read(Path(path))
     diffs = _model_diffs(ckpt, module)
     if diffs:

@@ -127,7 +127,8 @@ def check_unet_config(
         )
     for ch in {base_channels * m for m in channel_mult}:
         if ch % num_groups:
-            raise ValueError(f"{ch} channels can't be split into {num_groups} GroupNorm groups: change model.num_groups")
+            raise ValueError(f"{ch} channels can't be split into {num_groups} GroupNorm groups: "
+                             "change model.num_groups")
         if ch % num_heads:
             raise ValueError(f"{ch} channels can't be split into {num_heads} attention heads: change model.num_heads")
     return resolutions
@@ -152,7 +153,8 @@ class UNet(nn.Module):
     ) -> None:
         super().__init__()
         channel_mult, attention_resolutions = list(channel_mult), list(attention_resolutions)
-        resolutions = check_unet_config(image_size, channel_mult, attention_resolutions, base_channels, num_heads, num_groups)
+        resolutions = check_unet_config(image_size, channel_mult, attention_resolutions, base_channels, num_heads,
+                                        num_groups)
         self.image_size, self.in_channels = image_size, in_channels
         self.out_channels = out_channels or in_channels
         self.base_channels = base_channels
@@ -199,7 +201,8 @@ class UNet(nn.Module):
         return h
 
     def forward(self, x: Tensor, t: Tensor) -> Tensor:
-        if x.ndim != 4 or x.shape[1] != self.in_channels or x.shape[-1] != self.image_size or x.shape[-2] != self.image_size:
+        expected = (self.in_channels, self.image_size, self.image_size)
+        if x.ndim != 4 or tuple(x.shape[1:]) != expected:
             raise ValueError(
                 f"UNet expects (B, {self.in_channels}, {self.image_size}, {self.image_size}), got {tuple(x.shape)}"
             )

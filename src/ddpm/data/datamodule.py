@@ -16,8 +16,17 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, random_split
 
 from ..perf import ExecutionPlan
-from .datasets import (FITS, DataError, ImageFiles, TorchvisionFiles, crop_to_native, digits, image_files, pil_transform,
-                       synthetic)
+from .datasets import (
+    FITS,
+    DataError,
+    ImageFiles,
+    TorchvisionFiles,
+    crop_to_native,
+    digits,
+    image_files,
+    pil_transform,
+    synthetic,
+)
 from .device_loader import DeviceLoader
 from .order import EpochSampler, Flipped, image_of
 
@@ -92,7 +101,8 @@ class ImageDataModule(pl.LightningDataModule):
         loader = DataLoader(self.split(name), batch_size=batch_size, num_workers=self.num_workers,
                             generator=torch.Generator().manual_seed(0))  # no draw from the global RNG
         for batch in loader:
-            x, y = (batch[0], batch[1]) if isinstance(batch, (list, tuple)) and len(batch) > 1 else (image_of(batch), None)
+            labeled = isinstance(batch, (list, tuple)) and len(batch) > 1
+            x, y = (batch[0], batch[1]) if labeled else (image_of(batch), None)
             images.append(((self.to_eval(x).clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8))
             labels.append(y)
         has_labels = all(y is not None for y in labels)

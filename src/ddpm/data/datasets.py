@@ -181,7 +181,8 @@ def image_files(root: Path, skip_unreadable: bool) -> list[Path]:
         raise DataError(f"image_folder: {root.resolve()} is not a folder; set data.root to a folder of images")
     files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
     if not files:
-        raise DataError(f"image_folder: no images ({', '.join(IMAGE_EXTENSIONS)}) under {root.resolve()}; set data.root")
+        raise DataError(f"image_folder: no images ({', '.join(IMAGE_EXTENSIONS)}) under {root.resolve()}; "
+                        "set data.root")
     bad = []
     for path in files:
         try:
