@@ -53,9 +53,15 @@ def test_compiled_and_channels_last_loss_and_gradients_match(batch):
 
 
 def test_compiled_sampling_matches_eager(batch):
+    from ddpm.samplers import DDIMSampler, DPMSolverSampler
+
     plain, fast = make(), make(compile=True)
     fast.load_state_dict(plain.state_dict())
     torch.testing.assert_close(fast.sample(4, seed=3).images, plain.sample(4, seed=3).images, rtol=0, atol=1e-4)
+    for sampler in (DDIMSampler(plain.diffusion, num_steps=5, eta=1.0), DPMSolverSampler(plain.diffusion, num_steps=5)):
+        sampler.progress = False
+        torch.testing.assert_close(fast.sample(4, seed=3, sampler=sampler).images,
+                                   plain.sample(4, seed=3, sampler=sampler).images, rtol=0, atol=1e-4)
 
 
 def test_bf16_autocast_loss_is_close(batch):

@@ -194,7 +194,8 @@ def test_wandb_without_credentials_logs_offline_and_holds_the_run(tmp_path):
     assert summary["state"] == "finished"
     keys = set(summary["summary"])
     for key in ("train/loss", "train/loss_q0", "train/grad_norm", "val/loss", "val/fid_classifier",
-                "val/fid_classifier_n", "val/bpd", "samples", "denoising_chain", "forward_process"):
+                "val/fid_classifier_n", "val/fid_classifier_nfe", "val/bpd", "samples", "denoising_chain",
+                "forward_process"):
         assert key in keys, key
     assert summary["config"]["model"]["_target_"] == "ddpm.unet.UNet"  # the resolved config
     images = {p.name.rsplit("_", 2)[0] for p in (runs[0] / "files" / "media" / "images").glob("*.png")}
@@ -274,6 +275,18 @@ def test_eval_py_bad_numbers_are_one_message(trained, tmp_path, arg, message):
                            "logger=none", f"paths.log_dir={tmp_path / 'logs'}"], cwd=tmp_path, capture_output=True,
                           text=True, timeout=600)
     assert proc.returncode == 2 and message in _one_error_line(proc)
+
+
+def test_eval_py_takes_any_sampler_from_the_command_line(trained, tmp_path):
+    _, out = trained
+    proc = subprocess.run([sys.executable, str(ROOT / "eval.py"), f"ckpt_path={out / 'checkpoints' / 'last.ckpt'}",
+                           "sampler=dpm_solver", "sampler.num_steps=7", "n_samples=6", "metrics=[]", "logger=none",
+                           f"paths.log_dir={tmp_path / 'logs'}"], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    eval_dir = sorted((tmp_path / "logs" / "eval" / "runs").iterdir())[-1]
+    metrics = json.loads((eval_dir / "metrics.json").read_text())
+    assert metrics["sampler"] == "dpm_solver++2m(S=7, logsnr)" and metrics["nfe"] == 7 and metrics["n_samples"] == 6
 
 
 def test_eval_py_missing_checkpoint_is_one_message(tmp_path):

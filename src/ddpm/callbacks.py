@@ -6,7 +6,7 @@ from __future__ import annotations
 import shutil
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import lightning.pytorch as pl
 import torch
@@ -19,7 +19,7 @@ from .data import image_of
 from .evaluation import bits_per_dim, draw_samples
 from .loggers import log_image, log_metrics
 from .metrics import SampleMetrics
-from .samplers import chain_timesteps
+from .samplers import Sampler, chain_timesteps, pick_frames
 
 
 def to_grid(images: Tensor, nrow: int, upscale: int) -> Tensor:
@@ -56,19 +56,23 @@ class SampleEvaluation(pl.Callback):
 
     def __init__(self, out_dir: str, n_grid: int, nrow: int, seed: int, upscale: int, every_n_validations: int,
                  batch_size: int, chain_frames: int, chain_samples: int, fid: dict[str, Any] | None, fid_samples: int,
-                 bpd_images: int, bpd_clip_denoised: bool) -> None:
+                 bpd_images: int, bpd_clip_denoised: bool, sampler: Callable[..., Sampler] | None = None) -> None:
+        """sampler: a sampler without its diffusion (a partial), completed with the module's; None: the module's
+        own sampler (the config's `sampler`)."""
         self.out_dir = Path(out_dir)
         self.n_grid, self.nrow, self.seed, self.upscale = n_grid, nrow, seed, upscale
         self.every_n_validations, self.batch_size = every_n_validations, batch_size
         self.chain_frames, self.chain_samples = chain_frames, chain_samples
         self.metrics = SampleMetrics(**fid) if fid and fid_samples > 0 else None
         self.fid_samples, self.bpd_images, self.bpd_clip_denoised = fid_samples, bpd_images, bpd_clip_denoised
+        self.make_sampler, self.sampler = sampler, None
         self._validations = 0
         self._last_grid: Path | None = None
         self._last_step = -1
 
     # ----- hooks -------------------------------------------------------------------------------
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.sampler = self.make_sampler(diffusion=pl_module.diffusion) if self.make_sampler else pl_module.sampler
         if self.metrics is not None:  # on the device: Inception reference statistics are heavy
             self.metrics.prepare_on_ranks(trainer.datamodule, pl_module.device, trainer.is_global_zero,
                                           trainer.strategy.barrier)
@@ -95,16 +99,18 @@ class SampleEvaluation(pl.Callback):
     # ----- work --------------------------------------------------------------------------------
     def evaluate(self, trainer: pl.Trainer, pl_module: pl.LightningModule, name: str) -> dict[str, float]:
         dm = trainer.datamodule
-        chain = chain_timesteps(pl_module.diffusion.num_timesteps, self.chain_frames) if self.chain_frames > 1 else ()
+        sampler = self.sampler or pl_module.sampler
+        chain = pick_frames(sampler.timesteps, self.chain_frames) if self.chain_frames > 1 else ()
         samples = draw_samples(pl_module, max(self.fid_samples if self.metrics else 0, self.n_grid), self.batch_size,
                                self.seed, trainer.global_rank, trainer.world_size, keep=self.n_grid,
                                to_eval=dm.to_eval, metrics=self.metrics, chain_timesteps=chain,
-                               chain_samples=self.chain_samples)
+                               chain_samples=self.chain_samples, sampler=sampler)
         if samples.aborted:
             return {}
         results: dict[str, float] = {}
         if self.metrics is not None:
             results.update({f"val/{k}": v for k, v in self.metrics.compute(samples.n_total).items()})
+            results[f"val/{self.metrics.fid_name}_nfe"] = sampler.nfe  # network calls per sample
         if self.bpd_images > 0:
             bpd = bits_per_dim(pl_module, dm.split("val"), self.bpd_images, trainer.global_rank, trainer.world_size,
                                self.seed, self.batch_size, self.bpd_clip_denoised,
@@ -113,23 +119,23 @@ class SampleEvaluation(pl.Callback):
         if results:
             report(trainer, results)
         if trainer.is_global_zero:
-            self._write_figures(trainer, name, samples.images, samples.chain)
+            self._write_figures(trainer, name, samples.images, samples.chain, sampler.describe())
         self._last_step = trainer.global_step
         return results
 
-    def _write_figures(self, trainer: pl.Trainer, name: str, images: Tensor, chain: list[Tensor]) -> None:
+    def _write_figures(self, trainer: pl.Trainer, name: str, images: Tensor, chain: list[Tensor], how: str) -> None:
         self.out_dir.mkdir(parents=True, exist_ok=True)
         grid = to_grid(images, self.nrow, self.upscale)
         self._last_grid = self.out_dir / f"{name}.png"
         save_image(grid, self._last_grid)
-        log_image(trainer.loggers, "samples", self._last_grid, grid, f"EMA samples, step {trainer.global_step}",
+        log_image(trainer.loggers, "samples", self._last_grid, grid, f"EMA samples, step {trainer.global_step}, {how}",
                   trainer.global_step)
         if chain:
             path = self.out_dir / f"{name}_chain.png"
             cgrid = frames_grid(chain, self.upscale)
             save_image(cgrid, path)
-            log_image(trainer.loggers, "denoising_chain", path, cgrid, "x_T (left) ... x_0 (right), EMA weights",
-                      trainer.global_step)
+            caption = f"x_T (left) ... x_0 (right), EMA weights, {how}"
+            log_image(trainer.loggers, "denoising_chain", path, cgrid, caption, trainer.global_step)
 
     def _forward_process_figure(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         dm = trainer.datamodule

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -69,16 +70,20 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     if "fid" in cfg.metrics:
         metrics = SampleMetrics(**to_plain(cfg.fid))
         metrics.prepare_on_ranks(datamodule, fabric.device, rank == 0, fabric.barrier)
+    sampler = instantiate(cfg.sampler, diffusion=module.diffusion) if cfg.get("sampler") else module.sampler
+    start = time.perf_counter()
     with fabric.autocast():
         samples = draw_samples(module, cfg.n_samples, cfg.batch_size, cfg.seed, rank, world, keep=cfg.n_samples,
                                to_eval=datamodule.to_eval if datamodule is not None else (lambda x: x),
-                               metrics=metrics, use_ema=cfg.use_ema)
+                               metrics=metrics, use_ema=cfg.use_ema, sampler=sampler)
+    seconds = time.perf_counter() - start
     np.savez(out_dir / f"samples_rank{rank}.npz", samples.images.permute(0, 2, 3, 1).numpy())
 
     step = int(torch.load(ckpt, map_location="cpu", weights_only=True, mmap=True)["global_step"])
     results: dict[str, Any] = {"ckpt_path": str(ckpt.resolve()), "global_step": step, "use_ema": bool(cfg.use_ema),
-                               "seed": int(cfg.seed), "n_samples": samples.n_total,
-                               "clip_denoised": getattr(module.sampler, "clip_denoised", None)}
+                               "seed": int(cfg.seed), "n_samples": samples.n_total, "sampler": sampler.describe(),
+                               "nfe": sampler.nfe, "clip_denoised": getattr(sampler, "clip_denoised", None),
+                               "sampling_seconds": round(seconds, 3)}
     if metrics is not None:
         results.update(metrics.compute(samples.n_total))
     if "bpd" in cfg.metrics:

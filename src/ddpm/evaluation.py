@@ -49,8 +49,9 @@ class Samples:
 @torch.no_grad()
 def draw_samples(module, n: int, batch_size: int, seed: int, rank: int, world: int, keep: int,
                  to_eval: Callable[[Tensor], Tensor] = lambda x: x, metrics=None, use_ema: bool = True,
-                 chain_timesteps: Sequence[int] = (), chain_samples: int = 0) -> Samples:
-    """This rank's share of n samples from `module.sample`; `keep` of them kept, all of them fed to `metrics`."""
+                 chain_timesteps: Sequence[int] = (), chain_samples: int = 0, sampler=None) -> Samples:
+    """This rank's share of n samples from `module.sample` (with `sampler`, else the module's); `keep` of them
+    kept, all of them fed to `metrics`."""
     per_rank = math.ceil(n / world)
     kept: list[Tensor] = []
     out = Samples(images=torch.empty(0, dtype=torch.uint8), n_total=per_rank * world)
@@ -60,7 +61,7 @@ def draw_samples(module, n: int, batch_size: int, seed: int, rank: int, world: i
             return out
         record = chain_timesteps if i == 0 else ()
         drawn = module.sample(min(batch_size, per_rank - start), seed=derive_seed(seed, rank, i), use_ema=use_ema,
-                              record_timesteps=record)
+                              record_timesteps=record, sampler=sampler)
         images = to_eval(drawn.images.float())
         if record:
             out.chain = [to_eval(frame[:chain_samples].float()).cpu() for frame in drawn.chain]

@@ -24,7 +24,7 @@ from .loggers import resume_ids
 from .optim import build_optimizer, clip_gradients
 from .perf import ExecutionPlan, legacy_perf, match_state_layout, resolve_plan
 from .rng import checkpoint_rng_states, continue_or_seed_ranks
-from .samplers import SampleOutput
+from .samplers import SampleOutput, Sampler
 
 
 class NonFiniteLossError(UserError, RuntimeError):
@@ -180,8 +180,10 @@ class DiffusionModule(pl.LightningModule):
         return loss
 
     @torch.no_grad()
-    def sample(self, n: int, seed: int = 0, use_ema: bool = True, record_timesteps: Sequence[int] = ()) -> SampleOutput:
-        """n samples (n, C, H, W) in [-1, 1] from the EMA network (dropout off), reproducible by seed."""
+    def sample(self, n: int, seed: int = 0, use_ema: bool = True, record_timesteps: Sequence[int] = (),
+               sampler: Sampler | None = None) -> SampleOutput:
+        """n samples (n, C, H, W) in [-1, 1] from the EMA network (dropout off), reproducible by seed; with the
+        module's sampler (the config's `sampler`) unless another is given (e.g. DDIMSampler(module.diffusion))."""
         base = self.ema.module if use_ema else self.net
         was_training = base.training
         base.eval()
@@ -189,6 +191,7 @@ class DiffusionModule(pl.LightningModule):
             net = self.network("sample") if use_ema else base
             g = torch.Generator(device=self.device).manual_seed(seed)
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.plan.sample_bf16):
-                return self.sampler.sample(net, (n, *self.image_shape), generator=g, record_timesteps=record_timesteps)
+                return (sampler or self.sampler).sample(net, (n, *self.image_shape), generator=g,
+                                                        record_timesteps=record_timesteps)
         finally:
             base.train(was_training)

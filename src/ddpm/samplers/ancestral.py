@@ -1,0 +1,71 @@
+"""DDPM's ancestral sampler (Ho et al. 2020, Algorithm 2), on the full chain or a respaced one.
+
+Respacing (Nichol & Dhariwal 2021): for kept timesteps t_1 < ... < t_S the chain gets the betas
+beta'_i = 1 - abar_{t_i} / abar_{t_{i-1}} (abar_{t_0} := 1), so abar' of the new chain equals abar at the kept
+steps; its posterior and its fixedlarge / fixedsmall variances are those of the new chain, and the network is
+still called with the original t_i. With S = T the original chain itself runs (bitwise the T-step sampler).
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import Tensor
+
+from ..diffusion import EpsModel, GaussianDiffusion
+from .base import SampleOutput, Sampler
+
+
+def respaced(diffusion: GaussianDiffusion, timesteps: Sequence[int]) -> GaussianDiffusion:
+    """The diffusion whose step i is the original step ascending(timesteps)[i] (abar kept, betas recomputed)."""
+    kept = torch.tensor(sorted(timesteps))
+    abar = diffusion.alphas_cumprod.detach().cpu()[kept]  # float64
+    abar_prev = torch.cat([torch.ones(1, dtype=torch.float64), abar[:-1]])
+    return GaussianDiffusion(1.0 - abar / abar_prev, variance_type=diffusion.variance_type)
+
+
+class AncestralSampler(Sampler):
+    """x_T ~ N(0, I); for each kept t (descending), x_{t-1} ~ p(x_{t-1} | x_t) on the (respaced) chain; no noise
+    at the last step. num_steps = None or T: all T steps."""
+
+    def __init__(self, diffusion: GaussianDiffusion, clip_denoised: bool = True, num_steps: int | None = None,
+                 spacing: str = "trailing", progress: bool = True) -> None:
+        super().__init__(diffusion, num_steps, spacing, progress)
+        self.clip_denoised = clip_denoised
+        self._chains: dict[torch.device, GaussianDiffusion] = {}
+
+    def describe(self) -> str:
+        spaced = "" if self.nfe == self.diffusion.num_timesteps else f", {self.spacing}"
+        return f"ancestral(S={self.nfe}{spaced}, {self.diffusion.variance_type})"
+
+    def chain(self) -> GaussianDiffusion:
+        """The chain the steps run on, on the diffusion's current device."""
+        if self.nfe == self.diffusion.num_timesteps:
+            return self.diffusion
+        device = self.diffusion.betas.device
+        if device not in self._chains:
+            self._chains[device] = respaced(self.diffusion, self.timesteps).to(device)
+        return self._chains[device]
+
+    @torch.no_grad()
+    def sample(self, model: EpsModel, shape: Sequence[int], generator: torch.Generator | None = None,
+               record_timesteps: Sequence[int] = (), noise: Tensor | None = None) -> SampleOutput:
+        chain, record = self.chain(), set(record_timesteps)
+        x = self._start(shape, generator, noise)
+        out = SampleOutput(images=x)
+        for k, t_int in self._steps():
+            i = self.nfe - 1 - k  # the step's index on the (respaced) chain
+            if t_int in record:
+                out.chain.append(x.clone())
+                out.chain_timesteps.append(t_int)
+            t = torch.full((x.shape[0],), t_int, device=x.device, dtype=torch.long)
+            i_t = t if i == t_int else torch.full_like(t, i)
+            step = chain.p_mean_variance(model(x, t), x, i_t, clip_denoised=self.clip_denoised)
+            z = torch.randn(x.shape, device=x.device, generator=generator) if i > 0 else torch.zeros_like(x)
+            x = chain.p_sample_step(step, i_t, z)
+        if record:
+            out.chain.append(x.clone())
+            out.chain_timesteps.append(-1)  # the final sample x_0
+        out.images = x
+        return out

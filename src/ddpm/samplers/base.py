@@ -1,0 +1,94 @@
+"""What every sampler shares: the output type, the interface, chain frames and progress reporting."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Iterable, Iterator, Sequence, TypeVar
+
+import torch
+from torch import Tensor
+
+from ..diffusion import EpsModel, GaussianDiffusion
+from .spacing import spaced_timesteps
+
+log = logging.getLogger(__name__)
+Item = TypeVar("Item")
+
+
+@dataclass
+class SampleOutput:
+    """Final samples x_0 (B, C, H, W) and, if asked for, the chain x_t at chosen timesteps."""
+
+    images: Tensor
+    chain: list[Tensor] = field(default_factory=list)  # each (B, C, H, W): the input x_t at each recorded t
+    chain_timesteps: list[int] = field(default_factory=list)  # recorded t, descending; -1 marks the final x_0
+
+
+def chain_timesteps(num_timesteps: int, num_frames: int) -> list[int]:
+    """About `num_frames` timesteps evenly spaced from T-1 down to 0, for a denoising-chain figure."""
+    if num_frames < 2:
+        raise ValueError("a denoising chain needs at least 2 frames")
+    ts = torch.linspace(num_timesteps - 1, 0, num_frames).round().long().tolist()
+    return sorted(set(ts), reverse=True)
+
+
+def pick_frames(visited: Sequence[int], num_frames: int) -> list[int]:
+    """About `num_frames` of the timesteps a sampler visits (descending), evenly spread, first and last kept."""
+    if num_frames < 2:
+        raise ValueError("a denoising chain needs at least 2 frames")
+    idx = torch.linspace(0, len(visited) - 1, num_frames).round().long().tolist()
+    return sorted({visited[i] for i in idx}, reverse=True)
+
+
+def progress(steps: Iterable[Item], total: int, desc: str, enabled: bool) -> Iterator[Item]:
+    """A progress bar on a terminal; elsewhere (log files, CI) a log line every ~10%, so a long sampling run
+    never looks frozen."""
+    if enabled and sys.stderr.isatty():
+        from tqdm.auto import tqdm
+
+        yield from tqdm(steps, total=total, desc=desc, leave=False)
+        return
+    every = max(total // 10, 1)
+    for i, item in enumerate(steps):
+        if enabled and total >= 100 and i % every == 0 and i:
+            log.info("%s: step %d of %d", desc, i, total)
+        yield item
+
+
+class Sampler(ABC):
+    """A sampler draws x_T ~ N(0, I) and maps it to x_0 with `num_steps` network calls (NFE) at the timesteps
+    `self.timesteps` (descending, original indices of the training schedule)."""
+
+    def __init__(self, diffusion: GaussianDiffusion, num_steps: int | None = None, spacing: str = "trailing",
+                 progress: bool = True) -> None:
+        self.diffusion = diffusion
+        self.num_steps = int(num_steps) if num_steps is not None else diffusion.num_timesteps
+        self.spacing = spacing
+        self.progress = progress
+        self.timesteps = spaced_timesteps(diffusion.num_timesteps, self.num_steps, spacing,
+                                          diffusion.alphas_cumprod.detach().cpu().tolist())
+
+    @property
+    def nfe(self) -> int:
+        """Network function evaluations per sample."""
+        return len(self.timesteps)
+
+    @abstractmethod
+    def describe(self) -> str:
+        """A short name with the settings that matter, e.g. "ddim(S=50, eta=0, trailing)"."""
+
+    @abstractmethod
+    def sample(self, model: EpsModel, shape: Sequence[int], generator: torch.Generator | None = None,
+               record_timesteps: Sequence[int] = (), noise: Tensor | None = None) -> SampleOutput:
+        """Draw `shape[0]` samples; record the input x_t at each visited t in `record_timesteps`, then x_0."""
+
+    def _start(self, shape: Sequence[int], generator: torch.Generator | None, noise: Tensor | None) -> Tensor:
+        device = self.diffusion.betas.device
+        return noise if noise is not None else torch.randn(*shape, device=device, generator=generator)
+
+    def _steps(self) -> Iterator[tuple[int, int]]:
+        """(k, t): the k-th network call, at original timestep t, with progress reporting."""
+        return progress(enumerate(self.timesteps), len(self.timesteps), f"sampling ({self.describe()})", self.progress)
