@@ -13,8 +13,8 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from ..diffusion import EpsModel, GaussianDiffusion
-from .base import SampleOutput, Sampler
+from ..diffusion import GaussianDiffusion
+from .base import Sampler
 
 
 def respaced(diffusion: GaussianDiffusion, timesteps: Sequence[int]) -> GaussianDiffusion:
@@ -48,24 +48,10 @@ class AncestralSampler(Sampler):
             self._chains[device] = respaced(self.diffusion, self.timesteps).to(device)
         return self._chains[device]
 
-    @torch.no_grad()
-    def sample(self, model: EpsModel, shape: Sequence[int], generator: torch.Generator | None = None,
-               record_timesteps: Sequence[int] = (), noise: Tensor | None = None) -> SampleOutput:
-        chain, record = self.chain(), set(record_timesteps)
-        x = self._start(shape, generator, noise)
-        out = SampleOutput(images=x)
-        for k, t_int in self._steps():
-            i = self.nfe - 1 - k  # the step's index on the (respaced) chain
-            if t_int in record:
-                out.chain.append(x.clone())
-                out.chain_timesteps.append(t_int)
-            t = torch.full((x.shape[0],), t_int, device=x.device, dtype=torch.long)
-            i_t = t if i == t_int else torch.full_like(t, i)
-            step = chain.p_mean_variance(model(x, t), x, i_t, clip_denoised=self.clip_denoised)
-            z = torch.randn(x.shape, device=x.device, generator=generator) if i > 0 else torch.zeros_like(x)
-            x = chain.p_sample_step(step, i_t, z)
-        if record:
-            out.chain.append(x.clone())
-            out.chain_timesteps.append(-1)  # the final sample x_0
-        out.images = x
-        return out
+    def advance(self, k: int, t: Tensor, eps: Tensor, x: Tensor, generator: torch.Generator | None,
+                state: dict) -> Tensor:
+        chain, i = self.chain(), self.nfe - 1 - k  # the step's index on the (respaced) chain
+        i_t = t if chain is self.diffusion else torch.full_like(t, i)
+        step = chain.p_mean_variance(eps, x, i_t, clip_denoised=self.clip_denoised)
+        z = torch.randn(x.shape, device=x.device, generator=generator) if i > 0 else torch.zeros_like(x)
+        return chain.p_sample_step(step, i_t, z)

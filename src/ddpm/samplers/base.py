@@ -81,14 +81,28 @@ class Sampler(ABC):
         """A short name with the settings that matter, e.g. "ddim(S=50, eta=0, trailing)"."""
 
     @abstractmethod
+    def advance(self, k: int, t: Tensor, eps: Tensor, x: Tensor, generator: torch.Generator | None,
+                state: dict) -> Tensor:
+        """The state after the k-th network call: x at the next visited timestep (x_0 after the last).
+        t: (B,) the visited timestep; eps: the network's output there; state: kept across the calls of one run."""
+
+    @torch.no_grad()
     def sample(self, model: EpsModel, shape: Sequence[int], generator: torch.Generator | None = None,
                record_timesteps: Sequence[int] = (), noise: Tensor | None = None) -> SampleOutput:
-        """Draw `shape[0]` samples; record the input x_t at each visited t in `record_timesteps`, then x_0."""
-
-    def _start(self, shape: Sequence[int], generator: torch.Generator | None, noise: Tensor | None) -> Tensor:
-        device = self.diffusion.betas.device
-        return noise if noise is not None else torch.randn(*shape, device=device, generator=generator)
-
-    def _steps(self) -> Iterator[tuple[int, int]]:
-        """(k, t): the k-th network call, at original timestep t, with progress reporting."""
-        return progress(enumerate(self.timesteps), len(self.timesteps), f"sampling ({self.describe()})", self.progress)
+        """Draw `shape[0]` samples from x_T = `noise` (else N(0, I) from `generator`); record the input x_t at each
+        visited t in `record_timesteps`, then x_0."""
+        record = set(record_timesteps)
+        x = noise if noise is not None else torch.randn(*shape, device=self.diffusion.betas.device, generator=generator)
+        out, state = SampleOutput(images=x), {}
+        steps = progress(enumerate(self.timesteps), self.nfe, f"sampling ({self.describe()})", self.progress)
+        for k, t_int in steps:
+            if t_int in record:
+                out.chain.append(x.clone())
+                out.chain_timesteps.append(t_int)
+            t = torch.full((x.shape[0],), t_int, device=x.device, dtype=torch.long)
+            x = self.advance(k, t, model(x, t), x, generator, state)
+        if record:
+            out.chain.append(x.clone())
+            out.chain_timesteps.append(-1)  # the final sample x_0
+        out.images = x
+        return out

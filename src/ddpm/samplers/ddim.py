@@ -11,13 +11,12 @@ The last step lands on x0_hat. Coefficients are float64 host numbers (no device 
 from __future__ import annotations
 
 import math
-from typing import Sequence
 
 import torch
 from torch import Tensor
 
-from ..diffusion import EpsModel, GaussianDiffusion
-from .base import SampleOutput, Sampler
+from ..diffusion import GaussianDiffusion
+from .base import Sampler
 
 
 class DDIMSampler(Sampler):
@@ -46,23 +45,9 @@ class DDIMSampler(Sampler):
             x_next = x_next + sigma * z.to(x_next.dtype)  # the product in the chain's precision
         return x_next, x0
 
-    @torch.no_grad()
-    def sample(self, model: EpsModel, shape: Sequence[int], generator: torch.Generator | None = None,
-               record_timesteps: Sequence[int] = (), noise: Tensor | None = None) -> SampleOutput:
-        record = set(record_timesteps)
-        x = self._start(shape, generator, noise)
-        out = SampleOutput(images=x)
-        for k, t_int in self._steps():
-            t_next = self.timesteps[k + 1] if k + 1 < self.nfe else -1
-            if t_int in record:
-                out.chain.append(x.clone())
-                out.chain_timesteps.append(t_int)
-            eps = model(x, torch.full((x.shape[0],), t_int, device=x.device, dtype=torch.long))
-            # the ancestral sampler's draws: one z per step but the last (none at all when eta = 0)
-            z = torch.randn(x.shape, device=x.device, generator=generator) if self.eta > 0 and t_next >= 0 else None
-            x, _ = self.step(x, eps.to(x.dtype), t_int, t_next, z)
-        if record:
-            out.chain.append(x.clone())
-            out.chain_timesteps.append(-1)
-        out.images = x
-        return out
+    def advance(self, k: int, t: Tensor, eps: Tensor, x: Tensor, generator: torch.Generator | None,
+                state: dict) -> Tensor:
+        t_int, t_next = self.timesteps[k], (self.timesteps[k + 1] if k + 1 < self.nfe else -1)
+        # the ancestral sampler's draws: one z per step but the last (none at all when eta = 0)
+        z = torch.randn(x.shape, device=x.device, generator=generator) if self.eta > 0 and t_next >= 0 else None
+        return self.step(x, eps.to(x.dtype), t_int, t_next, z)[0]

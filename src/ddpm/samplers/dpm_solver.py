@@ -12,13 +12,12 @@ The last network call is at t = 0 and the step from there to sigma = 0 is first 
 from __future__ import annotations
 
 import math
-from typing import Sequence
 
 import torch
 from torch import Tensor
 
-from ..diffusion import EpsModel, GaussianDiffusion
-from .base import SampleOutput, Sampler
+from ..diffusion import GaussianDiffusion
+from .base import Sampler
 
 
 class DPMSolverSampler(Sampler):
@@ -47,30 +46,16 @@ class DPMSolverSampler(Sampler):
             d = (1 + 1 / (2 * r)) * x0 - (1 / (2 * r)) * prev_x0
         return (sigma_t / sigma_s) * x - alpha_t * math.expm1(-h) * d
 
-    @torch.no_grad()
-    def sample(self, model: EpsModel, shape: Sequence[int], generator: torch.Generator | None = None,
-               record_timesteps: Sequence[int] = (), noise: Tensor | None = None) -> SampleOutput:
-        record = set(record_timesteps)
-        x = self._start(shape, generator, noise)
-        out = SampleOutput(images=x)
-        prev_x0: Tensor | None = None
-        for k, t_int in self._steps():
-            if t_int in record:
-                out.chain.append(x.clone())
-                out.chain_timesteps.append(t_int)
-            eps = model(x, torch.full((x.shape[0],), t_int, device=x.device, dtype=torch.long)).to(x.dtype)
-            alpha, sigma, _ = self._alpha_sigma_lambda(t_int)
-            x0 = (x - sigma * eps) / alpha
-            if self.clip_denoised:
-                x0 = x0.clamp(-1.0, 1.0)
-            if k + 1 == self.nfe:
-                x = x0  # first order to sigma = 0
-                break
-            t_prev = self.timesteps[k - 1] if k > 0 else None
-            x = self.update(x, x0, prev_x0, t_int, self.timesteps[k + 1], t_prev)
-            prev_x0 = x0
-        if record:
-            out.chain.append(x.clone())
-            out.chain_timesteps.append(-1)
-        out.images = x
-        return out
+    def advance(self, k: int, t: Tensor, eps: Tensor, x: Tensor, generator: torch.Generator | None,
+                state: dict) -> Tensor:
+        t_int = self.timesteps[k]
+        alpha, sigma, _ = self._alpha_sigma_lambda(t_int)
+        x0 = (x - sigma * eps.to(x.dtype)) / alpha
+        if self.clip_denoised:
+            x0 = x0.clamp(-1.0, 1.0)
+        if k + 1 == self.nfe:
+            return x0  # first order to sigma = 0
+        t_prev = self.timesteps[k - 1] if k > 0 else None
+        x_next = self.update(x, x0, state.get("prev_x0"), t_int, self.timesteps[k + 1], t_prev)
+        state["prev_x0"] = x0
+        return x_next
