@@ -65,6 +65,7 @@ EVAL_RULES = {
     "batch_size": ("a positive integer", _positive_int),
     "bpd_images": ("a positive integer", _positive_int),
     "n_grid": ("a positive integer", _positive_int),
+    "warmup_batches": ("an integer >= 0", _non_negative_int),
 }
 
 

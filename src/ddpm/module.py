@@ -64,6 +64,13 @@ class DiffusionModule(pl.LightningModule):
     def teardown(self, stage: str) -> None:
         self._plan_fixed = False
 
+    def set_perf(self, perf: dict[str, Any] | None) -> None:
+        """Another execution plan for this module (e.g. eval.py perf=auto for a checkpoint trained with
+        perf=cpu): execution only, the weights and the math are unchanged."""
+        self.hparams["perf"] = perf
+        self._plan, self._plan_fixed = None, False
+        self._compiled.clear()
+
     @property
     def plan(self) -> ExecutionPlan:
         """Resolved once for the Trainer's device (setup); without a Trainer, for the device the module is on."""

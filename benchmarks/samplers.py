@@ -1,0 +1,138 @@
+"""Samplers on a trained checkpoint: FID against network evaluations (NFE), and how long 50,000 samples take.
+
+    python benchmarks/samplers.py fid CKPT [--n 2000] [--batch 1000]        # the FID-vs-NFE table
+    python benchmarks/samplers.py diffusers [--n 10000] [--nfe 20]            # diffusers' DDIM / DPM-Solver++
+
+`fid` draws `n` samples per setting from the EMA weights (same seeds for every setting), with the data set and
+FID features of the checkpoint's run (`fid=classifier`: offline), after one untimed batch (compilation, CUDA
+graphs); the time is that of sampling alone, and `s_per_50k` scales it to 50,000 samples. `diffusers` times
+diffusers' DDIMScheduler and DPMSolverMultistepScheduler with its UNet2DModel in the ddpm-cifar10 configuration
+(random weights: the speed is the same), bf16 autocast and torch.compile, for comparison with
+`python eval.py ... sampler=dpm_solver sampler.num_steps=20 n_samples=50000 warmup_batches=1 'metrics=[]'`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+SETTINGS = [  # (sampler config name, overrides): the issue's table, plus training-time evaluation's default
+    ("ancestral", {}),
+    ("ancestral", {"num_steps": 250}), ("ancestral", {"num_steps": 100}), ("ancestral", {"num_steps": 50}),
+    ("ddim", {"num_steps": 100}), ("ddim", {"num_steps": 50}), ("ddim", {"num_steps": 20}), ("ddim", {"num_steps": 10}),
+    ("ddim", {"num_steps": 50, "eta": 1.0}),
+    ("dpm_solver", {"num_steps": 25}), ("dpm_solver", {"num_steps": 20}), ("dpm_solver", {"num_steps": 15}),
+    ("dpm_solver", {"num_steps": 10}),
+]
+
+
+def sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def fid_table(ckpt: Path, n: int, batch: int, seed: int) -> None:
+    from hydra import compose, initialize_config_dir
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    from ddpm.config import to_plain
+    from ddpm.evaluate import run_config
+    from ddpm.evaluation import draw_samples
+    from ddpm.metrics import SampleMetrics
+    from ddpm.module import DiffusionModule
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    module = DiffusionModule.load_from_checkpoint(ckpt, map_location="cpu", weights_only=True).to(device)
+    dm = instantiate(run_config(ckpt).data)
+    dm.check()
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose(config_name="eval", overrides=[f"ckpt_path={ckpt}", "paths.output_dir=."])
+    metrics = SampleMetrics(**to_plain(cfg.fid))
+    metrics.prepare(dm, device)
+    print(f"# {ckpt}: step {torch.load(ckpt, weights_only=True, mmap=True)['global_step']}, {dm.name}, n={n}, "
+          f"{torch.cuda.get_device_name() if device.type == 'cuda' else 'cpu'}", flush=True)
+    rows = []
+    for name, overrides in SETTINGS:
+        sampler_cfg = OmegaConf.merge(OmegaConf.load(ROOT / "conf" / "sampler" / f"{name}.yaml"), overrides)
+        sampler = instantiate(sampler_cfg, diffusion=module.diffusion, progress=False)
+        module.sample(min(batch, n), seed=seed, sampler=sampler)  # untimed: compilation and graph capture
+        sync()
+        start = time.perf_counter()
+        samples = draw_samples(module, n, batch, seed, 0, 1, keep=n, to_eval=dm.to_eval, sampler=sampler)
+        sync()
+        seconds = time.perf_counter() - start
+        metrics.update(samples.images.float() / 127.5 - 1)
+        result = metrics.compute(samples.n_total)
+        row = {"sampler": sampler.describe(), "nfe": sampler.nfe, metrics.fid_name: round(result[metrics.fid_name], 4),
+               "n": samples.n_total, "seconds": round(seconds, 2), "s_per_50k": round(seconds / n * 50_000, 1)}
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    base = rows[0][metrics.fid_name]
+    print(f"\n| sampler | NFE | {metrics.fid_name} (n={n}) | vs 1000-step ancestral | s per 50k samples |")
+    print("|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['sampler']} | {r['nfe']} | {r[metrics.fid_name]:.3f} | {r[metrics.fid_name] / base - 1:+.1%} | "
+              f"{r['s_per_50k']} |")
+
+
+def diffusers_speed(n: int, nfe: int, batch: int) -> None:
+    from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, UNet2DModel
+
+    net = UNet2DModel(sample_size=32, in_channels=3, out_channels=3, layers_per_block=2,
+                      block_out_channels=(128, 256, 256, 256),
+                      down_block_types=("DownBlock2D", "AttnDownBlock2D", "DownBlock2D", "DownBlock2D"),
+                      up_block_types=("UpBlock2D", "UpBlock2D", "AttnUpBlock2D", "UpBlock2D")).cuda().eval()
+    fwd = torch.compile(net)
+    for scheduler in (DDIMScheduler(num_train_timesteps=1000), DPMSolverMultistepScheduler(num_train_timesteps=1000)):
+
+        def draw(b: int) -> torch.Tensor:
+            scheduler.set_timesteps(nfe)
+            x = torch.randn(b, 3, 32, 32, device="cuda")
+            with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
+                for t in scheduler.timesteps:
+                    x = scheduler.step(fwd(x, t).sample, t, x).prev_sample
+            return ((x.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu()
+
+        start = time.perf_counter()
+        draw(batch)
+        sync()
+        warmup, start = time.perf_counter() - start, time.perf_counter()
+        for _ in range(math.ceil(n / batch)):
+            draw(batch)
+        sync()
+        seconds = time.perf_counter() - start
+        drawn = math.ceil(n / batch) * batch
+        print(json.dumps({"impl": f"diffusers {type(scheduler).__name__}", "nfe": nfe, "n": drawn, "batch": batch,
+                          "seconds": round(seconds, 2), "s_per_50k": round(seconds / drawn * 50_000, 1),
+                          "warmup_seconds": round(warmup, 1)}), flush=True)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    sub = p.add_subparsers(dest="what", required=True)
+    f = sub.add_parser("fid")
+    f.add_argument("ckpt", type=Path)
+    f.add_argument("--n", type=int, default=2000)
+    f.add_argument("--batch", type=int, default=1000)
+    f.add_argument("--seed", type=int, default=0)
+    d = sub.add_parser("diffusers")
+    d.add_argument("--n", type=int, default=10_000)
+    d.add_argument("--nfe", type=int, default=20)
+    d.add_argument("--batch", type=int, default=1250)
+    args = p.parse_args()
+    if args.what == "fid":
+        fid_table(args.ckpt, args.n, args.batch, args.seed)
+    else:
+        diffusers_speed(args.n, args.nfe, args.batch)
+
+
+if __name__ == "__main__":
+    main()
