@@ -69,7 +69,7 @@ def fid_table(ckpt: Path, n: int, batch: int, seed: int) -> None:
         samples = draw_samples(module, n, batch, seed, 0, 1, keep=n, to_eval=dm.to_eval, sampler=sampler)
         sync()
         seconds = time.perf_counter() - start
-        metrics.update(samples.images.float() / 127.5 - 1)
+        metrics.update(samples.images.to(device).float() / 127.5 - 1)
         result = metrics.compute(samples.n_total)
         row = {"sampler": sampler.describe(), "nfe": sampler.nfe, metrics.fid_name: round(result[metrics.fid_name], 4),
                "n": samples.n_total, "seconds": round(seconds, 2), "s_per_50k": round(seconds / n * 50_000, 1)}
