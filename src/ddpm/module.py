@@ -65,8 +65,7 @@ class DiffusionModule(pl.LightningModule):
         self._plan_fixed = False
 
     def set_perf(self, perf: dict[str, Any] | None) -> None:
-        """Another execution plan for this module (e.g. eval.py perf=auto for a checkpoint trained with
-        perf=cpu): execution only, the weights and the math are unchanged."""
+        """Another execution plan (e.g. eval.py perf=auto); execution only: weights and math are unchanged."""
         self.hparams["perf"] = perf
         self._plan, self._plan_fixed = None, False
         self._compiled.clear()
@@ -80,9 +79,8 @@ class DiffusionModule(pl.LightningModule):
         return self._plan
 
     def configure_model(self) -> None:
-        """With channels_last the parameters are NHWC in both modes: eager convolutions need no transposes, and
-        compiled graphs' NHWC weight gradients need no copies into NCHW .grad (3-4 ms of host time per step on
-        an H100). Here, before DDP wraps the network and the optimizer is built."""
+        """channels_last: NHWC parameters (no transposes eager, no NHWC-to-NCHW .grad copies compiled: 3-4 ms of
+        host time per step on an H100), set before DDP wraps the network and the optimizer is built."""
         if self.plan.channels_last:
             self.net.to(memory_format=torch.channels_last)
             self.ema.module.to(memory_format=torch.channels_last)
@@ -158,8 +156,7 @@ class DiffusionModule(pl.LightningModule):
 
     # ----- exact resume ------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """The RNG streams (t, eps, dropout) and the W&B run id; a non-finite last loss stops the save, so no
-        checkpoint with NaN weights replaces a good one."""
+        """RNG streams (t, eps, dropout) and the W&B run id; a non-finite loss stops the save (no NaN weights)."""
         if getattr(self, "_last_loss", None) is not None:
             self._check_finite(self._last_loss)
         checkpoint.update(checkpoint_rng_states(self.trainer.world_size))
@@ -169,8 +166,8 @@ class DiffusionModule(pl.LightningModule):
         self._resume_checkpoint = {k: checkpoint[k] for k in ("rng_states", "rng_states_per_rank") if k in checkpoint}
 
     def on_train_start(self) -> None:
-        """After Lightning has restored the optimizer (on_fit_start runs before): the state takes its parameters'
-        layout; the RNG streams continue the saved run's or, under DDP, each rank gets its own."""
+        """After the optimizer is restored: its state takes its parameters' layout; the RNG streams continue the
+        saved run's or, under DDP, each rank gets its own."""
         for optimizer in self.trainer.optimizers:
             match_state_layout(optimizer)
         resumed, self._resume_checkpoint = self._resume_checkpoint, None
@@ -189,8 +186,7 @@ class DiffusionModule(pl.LightningModule):
     @torch.no_grad()
     def sample(self, n: int, seed: int = 0, use_ema: bool = True, record_timesteps: Sequence[int] = (),
                sampler: Sampler | None = None) -> SampleOutput:
-        """n samples (n, C, H, W) in [-1, 1] from the EMA network (dropout off), reproducible by seed; with the
-        module's sampler (the config's `sampler`) unless another is given (e.g. DDIMSampler(module.diffusion))."""
+        """n samples (n, C, H, W) in [-1, 1] from the EMA net (dropout off), by seed; `sampler`: else the module's."""
         base = self.ema.module if use_ema else self.net
         was_training = base.training
         base.eval()
