@@ -3,6 +3,7 @@ progress bar, throughput."""
 
 from __future__ import annotations
 
+import logging
 import shutil
 import time
 from pathlib import Path
@@ -20,6 +21,8 @@ from .evaluation import bits_per_dim, draw_samples
 from .loggers import log_image, log_metrics
 from .metrics import SampleMetrics
 from .samplers import Sampler, chain_timesteps, pick_frames
+
+log = logging.getLogger(__name__)
 
 
 def to_grid(images: Tensor, nrow: int, upscale: int) -> Tensor:
@@ -72,12 +75,22 @@ class SampleEvaluation(pl.Callback):
 
     # ----- hooks -------------------------------------------------------------------------------
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self.sampler = self.make_sampler(diffusion=pl_module.diffusion) if self.make_sampler else pl_module.sampler
+        self.sampler = self._evaluation_sampler(pl_module.diffusion) if self.make_sampler else pl_module.sampler
         if self.metrics is not None:  # on the device: Inception reference statistics are heavy
             self.metrics.prepare_on_ranks(trainer.datamodule, pl_module.device, trainer.is_global_zero,
                                           trainer.strategy.barrier)
         if trainer.is_global_zero and self.chain_frames > 1:
             self._forward_process_figure(trainer, pl_module)
+
+    def _evaluation_sampler(self, diffusion) -> Sampler:
+        """The configured sampler; with fewer timesteps T than its num_steps, T steps (said in the log and named in
+        every caption and in val/<metric>_nfe)."""
+        steps = getattr(self.make_sampler, "keywords", {}).get("num_steps")
+        if steps is not None and steps > diffusion.num_timesteps:
+            log.warning("callbacks.sample_eval.sampler.num_steps=%s > T=%d: evaluating with %d steps", steps,
+                        diffusion.num_timesteps, diffusion.num_timesteps)
+            return self.make_sampler(diffusion=diffusion, num_steps=diffusion.num_timesteps)
+        return self.make_sampler(diffusion=diffusion)
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking:
