@@ -59,9 +59,11 @@ class SampleEvaluation(pl.Callback):
 
     def __init__(self, out_dir: str, n_grid: int, nrow: int, seed: int, upscale: int, every_n_validations: int,
                  batch_size: int, chain_frames: int, chain_samples: int, fid: dict[str, Any] | None, fid_samples: int,
-                 bpd_images: int, bpd_clip_denoised: bool, sampler: Callable[..., Sampler] | None = None) -> None:
+                 bpd_images: int, bpd_clip_denoised: bool, sampler: Callable[..., Sampler] | None = None,
+                 guidance_scale: float = 0.0, classes: list[int] | None = None) -> None:
         """sampler: a sampler without its diffusion (a partial), completed with the module's; None: the module's
-        own sampler (the config's `sampler`)."""
+        own sampler (the config's `sampler`). guidance_scale, classes: for class-conditional models, the
+        classifier-free guidance w and the classes drawn (None: all), one grid row per class."""
         self.out_dir = Path(out_dir)
         self.n_grid, self.nrow, self.seed, self.upscale = n_grid, nrow, seed, upscale
         self.every_n_validations, self.batch_size = every_n_validations, batch_size
@@ -69,6 +71,7 @@ class SampleEvaluation(pl.Callback):
         self.metrics = SampleMetrics(**fid) if fid and fid_samples > 0 else None
         self.fid_samples, self.bpd_images, self.bpd_clip_denoised = fid_samples, bpd_images, bpd_clip_denoised
         self.make_sampler, self.sampler = sampler, None
+        self.guidance_scale, self.classes = float(guidance_scale), classes
         self._validations = 0
         self._last_grid: Path | None = None
         self._last_step = -1
@@ -85,12 +88,7 @@ class SampleEvaluation(pl.Callback):
     def _evaluation_sampler(self, diffusion) -> Sampler:
         """The configured sampler; with fewer timesteps T than its num_steps, T steps (said in the log and named in
         every caption and in val/<metric>_nfe)."""
-        steps = getattr(self.make_sampler, "keywords", {}).get("num_steps")
-        if steps is not None and steps > diffusion.num_timesteps:
-            log.warning("callbacks.sample_eval.sampler.num_steps=%s > T=%d: evaluating with %d steps", steps,
-                        diffusion.num_timesteps, diffusion.num_timesteps)
-            return self.make_sampler(diffusion=diffusion, num_steps=diffusion.num_timesteps)
-        return self.make_sampler(diffusion=diffusion)
+        return self.make_sampler(diffusion=diffusion, cap_at_num_timesteps=True)
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking:
@@ -117,13 +115,15 @@ class SampleEvaluation(pl.Callback):
         samples = draw_samples(pl_module, max(self.fid_samples if self.metrics else 0, self.n_grid), self.batch_size,
                                self.seed, trainer.global_rank, trainer.world_size, keep=self.n_grid,
                                to_eval=dm.to_eval, metrics=self.metrics, chain_timesteps=chain,
-                               chain_samples=self.chain_samples, sampler=sampler)
+                               chain_samples=self.chain_samples, sampler=sampler, **self._conditioning(pl_module))
         if samples.aborted:
             return {}
         results: dict[str, float] = {}
         if self.metrics is not None:
             results.update({f"val/{k}": v for k, v in self.metrics.compute(samples.n_total).items()})
             results[f"val/{self.metrics.fid_name}_nfe"] = sampler.nfe  # network calls per sample
+            if pl_module.num_classes is not None:
+                results[f"val/{self.metrics.fid_name}_guidance_scale"] = self.guidance_scale
         if self.bpd_images > 0:
             bpd = bits_per_dim(pl_module, dm.split("val"), self.bpd_images, trainer.global_rank, trainer.world_size,
                                self.seed, self.batch_size, self.bpd_clip_denoised,
@@ -132,9 +132,17 @@ class SampleEvaluation(pl.Callback):
         if results:
             report(trainer, results)
         if trainer.is_global_zero:
-            self._write_figures(trainer, name, samples.images, samples.chain, sampler.describe())
+            how = sampler.describe()
+            if pl_module.num_classes is not None:
+                how += f", one row per class, guidance w={self.guidance_scale:g}"
+            self._write_figures(trainer, name, samples.images, samples.chain, how)
         self._last_step = trainer.global_step
         return results
+
+    def _conditioning(self, pl_module: pl.LightningModule) -> dict[str, Any]:
+        if pl_module.num_classes is None:
+            return {}
+        return {"classes": self.classes, "per_row": self.nrow, "guidance_scale": self.guidance_scale}
 
     def _write_figures(self, trainer: pl.Trainer, name: str, images: Tensor, chain: list[Tensor], how: str) -> None:
         self.out_dir.mkdir(parents=True, exist_ok=True)
@@ -227,7 +235,7 @@ class Throughput(pl.Callback):
                            batch_idx: int) -> None:
         step = trainer.global_step
         if self._start is not None:
-            self._images += batch.shape[0] * trainer.world_size
+            self._images += image_of(batch).shape[0] * trainer.world_size
         if step < self.warmup or (step - self.warmup) % self.window:
             return
         if pl_module.device.type == "cuda":

@@ -4,7 +4,15 @@ Notation follows the paper with code indices t = 0..T-1 (the paper's t = 1..T):
     alphas_cumprod[t]      = abar_t = prod_{s <= t} (1 - beta_s)
     alphas_cumprod_prev[t] = abar_{t-1}, with abar_{-1} := 1
 All coefficients are float64 buffers; `_gather` casts to the dtype of the tensor they multiply.
-This module knows nothing of the network: the reverse process takes the network's eps prediction.
+This module knows nothing of the network: the reverse process takes the network's output, read once by
+`split_output` into eps (whatever the network predicts: eps, x_0 or v) and, for a learned variance, the
+interpolation fraction; everything downstream (samplers, bits/dim, guidance) sees eps.
+
+Successors of DDPM covered here:
+  prediction = eps | x0 | v        (v = sqrt(abar_t) eps - sqrt(1 - abar_t) x_0, Salimans & Ho 2022)
+  variance_type = learned_range    (Nichol & Dhariwal 2021: log sigma_t^2 = frac log beta_t
+                                    + (1 - frac) log beta_tilde_t, frac = (v + 1) / 2 from C extra channels)
+  L_hybrid = L_simple + lambda T L_t, with the mean frozen inside L_t (`training_terms`).
 """
 
 from __future__ import annotations
@@ -18,9 +26,19 @@ from torch import Tensor, nn
 from .likelihood import LN2, discretized_gaussian_log_likelihood, mean_over_dims, normal_kl
 from .schedules import validate_betas
 
-VARIANCE_TYPES = ("fixedlarge", "fixedsmall")
+VARIANCE_TYPES = ("fixedlarge", "fixedsmall", "learned_range")
+PREDICTIONS = ("eps", "x0", "v")
 
-EpsModel = Callable[[Tensor, Tensor], Tensor]  # eps_theta(x_t, t); x_t (B, C, H, W), t (B,) long
+EpsModel = Callable[[Tensor, Tensor], Tensor]  # the network f(x_t, t); x_t (B, C, H, W), t (B,) long
+
+
+@dataclass
+class ModelOutput:
+    """The network's output read in the diffusion's terms: eps (B, C, H, W) and, for learned_range, the variance
+    fraction frac in [0, 1] (B, C, H, W); None for fixed variances."""
+
+    eps: Tensor
+    var_frac: Tensor | None = None
 
 
 @dataclass
@@ -28,8 +46,8 @@ class ReverseStep:
     """p(x_{t-1} | x_t) = N(mean, exp(log_variance)), plus the x0 estimate it came from."""
 
     mean: Tensor
-    variance: Tensor  # (B, 1, 1, 1)
-    log_variance: Tensor  # (B, 1, 1, 1)
+    variance: Tensor  # (B, 1, 1, 1); (B, C, H, W) for learned_range
+    log_variance: Tensor  # as variance
     pred_x0: Tensor
 
 
@@ -46,11 +64,13 @@ class GaussianDiffusion(nn.Module):
     non-persistent, so checkpoints hold the schedule's config, never a copy of its numbers.
     """
 
-    def __init__(self, betas: Tensor, variance_type: str = "fixedlarge") -> None:
+    def __init__(self, betas: Tensor, variance_type: str = "fixedlarge", prediction: str = "eps") -> None:
         super().__init__()
         if variance_type not in VARIANCE_TYPES:
-            raise ValueError(f"variance_type must be one of {VARIANCE_TYPES}, got {variance_type!r}")
-        self.variance_type = variance_type
+            raise ValueError(f"module.variance_type must be one of {VARIANCE_TYPES}, got {variance_type!r}")
+        if prediction not in PREDICTIONS:
+            raise ValueError(f"module.prediction must be one of {PREDICTIONS}, got {prediction!r}")
+        self.variance_type, self.prediction = variance_type, prediction
         betas = validate_betas(torch.as_tensor(betas, dtype=torch.float64).cpu())
         alphas = 1.0 - betas
         alphas_cumprod = torch.cumprod(alphas, dim=0)
@@ -81,7 +101,10 @@ class GaussianDiffusion(nn.Module):
         }
         # fixedlarge: sigma_t^2 = beta_t, except beta_tilde_1 at t=0 (DDPM's choice for the decoder NLL).
         # fixedsmall: sigma_t^2 = beta_tilde_t (log uses beta_tilde_1 at t=0, like improved-diffusion).
-        if variance_type == "fixedlarge":
+        # learned_range interpolates, in log space, between log_beta (frac = 1; log beta_0 at t = 0, as in
+        # improved-diffusion) and the clipped log beta_tilde (frac = 0); model_variance is unused there.
+        buffers["log_betas"] = betas.log()
+        if variance_type in ("fixedlarge", "learned_range"):
             large = betas.clone()
             large[0] = posterior_variance_clipped[0]
             buffers["model_variance"], buffers["model_log_variance"] = large, large.log()
@@ -122,14 +145,77 @@ class GaussianDiffusion(nn.Module):
         numerator = _gather(self.sqrt_recip_alphas_cumprod, t, x_t) * x_t - x0
         return numerator / _gather(self.sqrt_recipm1_alphas_cumprod, t, x_t)
 
+    def v_target(self, x0: Tensor, t: Tensor, noise: Tensor) -> Tensor:
+        """v = sqrt(abar_t) eps - sqrt(1 - abar_t) x_0 (Salimans & Ho 2022)."""
+        return (_gather(self.sqrt_alphas_cumprod, t, x0) * noise
+                - _gather(self.sqrt_one_minus_alphas_cumprod, t, x0) * x0)
+
+    def predict_eps_from_v(self, x_t: Tensor, t: Tensor, v: Tensor) -> Tensor:
+        """eps = sqrt(1 - abar_t) x_t + sqrt(abar_t) v (x_t and v are a rotation of (x_0, eps))."""
+        return (_gather(self.sqrt_one_minus_alphas_cumprod, t, x_t) * x_t
+                + _gather(self.sqrt_alphas_cumprod, t, x_t) * v)
+
+    def predict_x0_from_v(self, x_t: Tensor, t: Tensor, v: Tensor) -> Tensor:
+        """x_0 = sqrt(abar_t) x_t - sqrt(1 - abar_t) v."""
+        return (_gather(self.sqrt_alphas_cumprod, t, x_t) * x_t
+                - _gather(self.sqrt_one_minus_alphas_cumprod, t, x_t) * v)
+
+    # ----- reading the network's output --------------------------------------------------------
+    def output_channels(self, channels: int) -> int:
+        """Channels the network must return for images of `channels` channels: 2C with a learned variance."""
+        return 2 * channels if self.variance_type == "learned_range" else channels
+
+    def training_target(self, x0: Tensor, t: Tensor, noise: Tensor) -> Tensor:
+        """What the network regresses onto in L_simple: eps, x_0 or v (MSE in the target's own space)."""
+        if self.prediction == "eps":
+            return noise
+        return x0 if self.prediction == "x0" else self.v_target(x0, t, noise)
+
+    def eps_from_prediction(self, x_t: Tensor, t: Tensor, pred: Tensor) -> Tensor:
+        """The one conversion layer: whatever the network predicts, as eps."""
+        if self.prediction == "eps":
+            return pred
+        if self.prediction == "x0":
+            return self.predict_eps_from_x0(x_t, t, pred)
+        return self.predict_eps_from_v(x_t, t, pred)
+
+    def check_output(self, out: Tensor, x_t: Tensor) -> None:
+        """ValueError that says what to set when the network's output does not fit this diffusion."""
+        c = x_t.shape[1]
+        if out.shape[1] != self.output_channels(c) or out.shape[0] != x_t.shape[0] or out.shape[2:] != x_t.shape[2:]:
+            need = "2 x data.channels (learned_range)" if self.variance_type == "learned_range" else "data.channels"
+            raise ValueError(f"the network returned shape {tuple(out.shape)} for input {tuple(x_t.shape)}; its "
+                             f"out_channels must be {need} = {self.output_channels(c)}")
+
+    def split_output(self, out: Tensor, x_t: Tensor, t: Tensor) -> ModelOutput:
+        """The network's output (B, C or 2C, H, W) as eps and, for learned_range, frac = (v + 1) / 2."""
+        self.check_output(out, x_t)
+        c = x_t.shape[1]
+        pred = out[:, :c].to(x_t.dtype)
+        frac = (out[:, c:].to(x_t.dtype) + 1) / 2 if self.variance_type == "learned_range" else None
+        return ModelOutput(eps=self.eps_from_prediction(x_t, t, pred), var_frac=frac)
+
+    def log_variance_of(self, t: Tensor, like: Tensor, var_frac: Tensor | None = None) -> Tensor:
+        """log sigma_t^2 of p(x_{t-1} | x_t): the fixed choice (B, 1, 1, 1), or for learned_range
+        frac log beta_t + (1 - frac) log beta_tilde_t (clipped) per element (B, C, H, W)."""
+        if self.variance_type != "learned_range":
+            return _gather(self.model_log_variance, t, like)
+        if var_frac is None:
+            raise ValueError("variance_type=learned_range needs the network's variance channels (var_frac)")
+        max_log = _gather(self.log_betas, t, like)
+        min_log = _gather(self.posterior_log_variance_clipped, t, like)
+        return var_frac * max_log + (1 - var_frac) * min_log
+
     # ----- reverse process -------------------------------------------------------------------
     def reverse_mean_from_eps(self, x_t: Tensor, t: Tensor, eps: Tensor) -> Tensor:
         """Paper eq. 11: mu_theta = (x_t - beta_t / sqrt(1 - abar_t) eps) / sqrt(alpha_t)."""
         coef = _gather(self.betas / self.sqrt_one_minus_alphas_cumprod, t, x_t)
         return (x_t - coef * eps) / _gather(self.alphas.sqrt(), t, x_t)
 
-    def p_mean_variance(self, eps: Tensor, x_t: Tensor, t: Tensor, clip_denoised: bool = True) -> ReverseStep:
-        """p(x_{t-1} | x_t) through x0_hat: x0_hat from eps, optionally clipped to [-1, 1], then mu_tilde.
+    def p_mean_variance(self, eps: Tensor, x_t: Tensor, t: Tensor, clip_denoised: bool = True,
+                        var_frac: Tensor | None = None) -> ReverseStep:
+        """p(x_{t-1} | x_t) through x0_hat: x0_hat from eps, optionally clipped to [-1, 1], then mu_tilde; the
+        variance is the fixed one, or learned_range's from var_frac.
 
         Without clipping this equals `reverse_mean_from_eps`; clipping is for sampling only.
         """
@@ -137,8 +223,9 @@ class GaussianDiffusion(nn.Module):
         if clip_denoised:
             pred_x0 = pred_x0.clamp(-1.0, 1.0)
         mean, _, _ = self.q_posterior_mean_variance(pred_x0, x_t, t)
-        variance = _gather(self.model_variance, t, x_t)
-        log_variance = _gather(self.model_log_variance, t, x_t)
+        log_variance = self.log_variance_of(t, x_t, var_frac)
+        learned = self.variance_type == "learned_range"
+        variance = log_variance.exp() if learned else _gather(self.model_variance, t, x_t)
         return ReverseStep(mean=mean, variance=variance, log_variance=log_variance, pred_x0=pred_x0)
 
     def p_sample_step(self, step: ReverseStep, t: Tensor, noise: Tensor) -> Tensor:
@@ -152,27 +239,45 @@ class GaussianDiffusion(nn.Module):
         """t ~ U{0, ..., T-1}, one per sample."""
         return torch.randint(0, self.num_timesteps, (batch_size,), device=device, generator=generator)
 
-    def training_losses(self, model: EpsModel, x0: Tensor, t: Tensor | None = None,
-                        noise: Tensor | None = None) -> Tensor:
-        """L_simple per sample: mean over pixels of (eps - eps_theta(x_t, t))^2; shape (B,)."""
+    def training_terms(self, model: EpsModel, x0: Tensor, t: Tensor | None = None, noise: Tensor | None = None,
+                       vlb_weight: float = 0.0) -> dict[str, Tensor]:
+        """Per-sample losses, each (B,): `mse` (L_simple in the prediction's own space), `vlb` (L_t in bits/dim,
+        learned_range only, the mean frozen) and `loss` = mse + vlb_weight T vlb (L_hybrid; vlb_weight = 0.001
+        gives improved-diffusion's factor T / 1000 on L_t, applied once)."""
         if t is None:
             t = self.sample_timesteps(x0.shape[0], x0.device)
         if noise is None:
             noise = torch.randn_like(x0)
         x_t = self.q_sample(x0, t, noise)
-        eps = model(x_t, t)
-        if eps.shape != noise.shape:
-            raise ValueError(f"the network returned shape {tuple(eps.shape)} for input {tuple(x_t.shape)}; "
-                             "its out_channels must equal the data's channels")
-        return (eps.float() - noise.float()).pow(2).flatten(1).mean(dim=1)
+        out = model(x_t, t)
+        self.check_output(out, x_t)
+        c = x0.shape[1]
+        target = self.training_target(x0.float(), t, noise.float())
+        mse = (out[:, :c].float() - target).pow(2).flatten(1).mean(dim=1)
+        terms = {"mse": mse, "loss": mse}
+        if self.variance_type == "learned_range":
+            # stop-gradient on the mean: L_t trains only the variance channels (Nichol & Dhariwal 2021, sec. 3.1)
+            frozen = self.split_output(torch.cat([out[:, :c].detach(), out[:, c:]], 1).float(), x_t.float(), t)
+            vlb = self.vlb_terms_bpd(frozen.eps, x0, x_t, t, clip_denoised=False, var_frac=frozen.var_frac)
+            terms["vlb"] = vlb.float()
+            terms["loss"] = mse + vlb_weight * self.num_timesteps * terms["vlb"]
+        return terms
+
+    def training_losses(self, model: EpsModel, x0: Tensor, t: Tensor | None = None,
+                        noise: Tensor | None = None, vlb_weight: float = 0.0) -> Tensor:
+        """The per-sample training loss (B,): L_simple, plus lambda T L_t with a learned variance."""
+        return self.training_terms(model, x0, t, noise, vlb_weight)["loss"]
 
     # ----- variational bound (bits/dim) --------------------------------------------------------
-    def vlb_terms_bpd(self, eps: Tensor, x0: Tensor, x_t: Tensor, t: Tensor, clip_denoised: bool) -> Tensor:
+    def vlb_terms_bpd(self, eps: Tensor, x0: Tensor, x_t: Tensor, t: Tensor, clip_denoised: bool,
+                      var_frac: Tensor | None = None) -> Tensor:
         """L_t in bits/dim for each sample: KL(q(x_{t-1}|x_t,x_0) || p(x_{t-1}|x_t)) for t > 0, and the
-        discretized-Gaussian decoder NLL -log p(x_0|x_1) at t = 0 (variance: beta_tilde_1 convention). (B,)"""
+        discretized-Gaussian decoder NLL -log p(x_0|x_1) at t = 0 (variance: beta_tilde_1 convention, or the
+        learned one). Computed in float64 (gradients flow to var_frac). (B,)"""
         x0, x_t, eps = x0.double(), x_t.double(), eps.double()
+        var_frac = var_frac.double() if var_frac is not None else None
         true_mean, _, true_log_var = self.q_posterior_mean_variance(x0, x_t, t)
-        step = self.p_mean_variance(eps, x_t, t, clip_denoised=clip_denoised)
+        step = self.p_mean_variance(eps, x_t, t, clip_denoised=clip_denoised, var_frac=var_frac)
         kl = mean_over_dims(normal_kl(true_mean, true_log_var, step.mean, step.log_variance)) / LN2
         nll = -mean_over_dims(discretized_gaussian_log_likelihood(x0, step.mean, 0.5 * step.log_variance)) / LN2
         return torch.where(t == 0, nll, kl)
@@ -200,7 +305,8 @@ class GaussianDiffusion(nn.Module):
             x0_c, t_c = x0[image_idx[sl]], t_all[sl]
             noise = torch.randn(x0_c.shape, device=x0.device, generator=generator, dtype=x0.dtype)
             x_t = self.q_sample(x0_c, t_c, noise)
-            terms[sl] = self.vlb_terms_bpd(model(x_t, t_c), x0_c, x_t, t_c, clip_denoised)
+            out = self.split_output(model(x_t, t_c), x_t, t_c)
+            terms[sl] = self.vlb_terms_bpd(out.eps, x0_c, x_t, t_c, clip_denoised, var_frac=out.var_frac)
         terms = terms.reshape(b, n_t)
         prior = self.prior_bpd(x0)
         return {"total": terms.sum(dim=1) + prior, "prior": prior, "decoder": terms[:, 0], "terms": terms}

@@ -74,15 +74,18 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         metrics.prepare_on_ranks(datamodule, fabric.device, rank == 0, fabric.barrier)
     sampler = instantiate(cfg.sampler, diffusion=module.diffusion) if cfg.get("sampler") else module.sampler
     start = time.perf_counter()
+    conditioning = {"classes": to_plain(cfg.get("classes")), "per_row": cfg.nrow,
+                    "guidance_scale": float(cfg.get("guidance_scale") or 0.0)}
     with fabric.autocast():
         for i in range(cfg.warmup_batches):  # compile / capture CUDA graphs outside the timed part
-            module.sample(min(cfg.batch_size, cfg.n_samples), seed=cfg.seed + i, use_ema=cfg.use_ema, sampler=sampler)
+            draw_samples(module, min(cfg.batch_size, cfg.n_samples), cfg.batch_size, cfg.seed + i, 0, 1, keep=0,
+                         use_ema=cfg.use_ema, sampler=sampler, **conditioning)
     _sync(fabric.device)
     warmup_seconds, start = time.perf_counter() - start, time.perf_counter()
     with fabric.autocast():
         samples = draw_samples(module, cfg.n_samples, cfg.batch_size, cfg.seed, rank, world, keep=cfg.n_samples,
                                to_eval=datamodule.to_eval if datamodule is not None else (lambda x: x),
-                               metrics=metrics, use_ema=cfg.use_ema, sampler=sampler)
+                               metrics=metrics, use_ema=cfg.use_ema, sampler=sampler, **conditioning)
     _sync(fabric.device)
     seconds = time.perf_counter() - start
     np.savez(out_dir / f"samples_rank{rank}.npz", samples.images.permute(0, 2, 3, 1).numpy())
@@ -92,6 +95,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
                                "seed": int(cfg.seed), "n_samples": samples.n_total, "sampler": sampler.describe(),
                                "nfe": sampler.nfe, "clip_denoised": getattr(sampler, "clip_denoised", None),
                                "sampling_seconds": round(seconds, 3), "warmup_seconds": round(warmup_seconds, 3)}
+    if module.num_classes is not None:
+        results.update({"guidance_scale": conditioning["guidance_scale"], "classes": conditioning["classes"]})
     if metrics is not None:
         results.update(metrics.compute(samples.n_total))
     if "bpd" in cfg.metrics:

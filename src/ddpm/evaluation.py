@@ -2,7 +2,9 @@
 
 Sampling is sharded over ranks: rank r draws ceil(n / world) samples in batches seeded
 derive_seed(seed, r, batch), feeds them to the metrics (torchmetrics sums the statistics over ranks) and keeps
-the first `keep` as uint8. Bits/dim takes every world-th held-out image and sums over ranks. Samples of padded
+the first `keep` as uint8. A class-conditional model draws sample i (global index) of class
+classes[(i // per_row) % len(classes)]: a grid of `per_row` images per row has one row per class.
+Bits/dim takes every world-th held-out image and sums over ranks. Samples of padded
 data are cropped back to the native size (`to_eval`) before anything sees them.
 """
 
@@ -17,8 +19,10 @@ import torch
 from torch import Tensor
 
 from . import preemption
+from .config import ConfigError
 from .data import image_of
 from .features import quantize
+from .guidance import class_labels
 from .rng import derive_seed
 
 ReduceSum = Callable[[Tensor], Tensor]  # sums a tensor over ranks (identity on one process)
@@ -49,9 +53,18 @@ class Samples:
 @torch.no_grad()
 def draw_samples(module, n: int, batch_size: int, seed: int, rank: int, world: int, keep: int,
                  to_eval: Callable[[Tensor], Tensor] = lambda x: x, metrics=None, use_ema: bool = True,
-                 chain_timesteps: Sequence[int] = (), chain_samples: int = 0, sampler=None) -> Samples:
+                 chain_timesteps: Sequence[int] = (), chain_samples: int = 0, sampler=None,
+                 classes: Sequence[int] | None = None, per_row: int = 8, guidance_scale: float = 0.0) -> Samples:
     """This rank's share of n samples from `module.sample` (with `sampler`, else the module's); `keep` of them
-    kept, all of them fed to `metrics`."""
+    kept, all of them fed to `metrics` (with the labels they were drawn with, for class accuracy). classes: the
+    labels to draw (None: all of a conditional model's classes); guidance_scale: classifier-free guidance w."""
+    k = module.num_classes
+    if k is None and (classes or guidance_scale):
+        raise ConfigError("classes / guidance_scale need a class-conditional checkpoint (model.num_classes)")
+    if k is not None:
+        classes = list(range(k)) if classes is None else [int(c) for c in classes]
+        if not classes or min(classes) < 0 or max(classes) >= k:
+            raise ConfigError(f"classes must be labels in 0..{k - 1}, got {classes}")
     per_rank = math.ceil(n / world)
     kept: list[Tensor] = []
     out = Samples(images=torch.empty(0, dtype=torch.uint8), n_total=per_rank * world)
@@ -60,13 +73,15 @@ def draw_samples(module, n: int, batch_size: int, seed: int, rank: int, world: i
             out.aborted = True
             return out
         record = chain_timesteps if i == 0 else ()
-        drawn = module.sample(min(batch_size, per_rank - start), seed=derive_seed(seed, rank, i), use_ema=use_ema,
-                              record_timesteps=record, sampler=sampler)
+        b = min(batch_size, per_rank - start)
+        labels = None if k is None else class_labels(torch.arange(b) + rank * per_rank + start, classes, per_row)
+        drawn = module.sample(b, seed=derive_seed(seed, rank, i), use_ema=use_ema, record_timesteps=record,
+                              sampler=sampler, labels=labels, guidance_scale=guidance_scale)
         images = to_eval(drawn.images.float())
         if record:
             out.chain = [to_eval(frame[:chain_samples].float()).cpu() for frame in drawn.chain]
         if metrics is not None:
-            metrics.update(images)
+            metrics.update(images, labels)
         if sum(len(k) for k in kept) < keep:
             kept.append(quantize(images).cpu())
     out.images = torch.cat(kept)[:keep] if kept else out.images

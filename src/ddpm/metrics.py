@@ -69,7 +69,8 @@ class SampleMetrics:
                              "name the classifier metric differently (e.g. fid_classifier)")
         if isinstance(self.classifier, dict):
             self.classifier = ClassifierTraining(**self.classifier)
-        self.fid = self.kid_metric = self.is_metric = None
+        self.fid = self.kid_metric = self.is_metric = self.accuracy = None
+        self._labelled = False  # class accuracy is reported once samples with labels were fed
         self.net: nn.Module | None = None
         self.feature_id = ""
 
@@ -118,6 +119,10 @@ class SampleMetrics:
 
         self.net = self.feature_network(datamodule)
         self.fid = FrechetInceptionDistance(feature=self.net, reset_real_features=False).to(device)
+        if self.feature == "classifier":  # class-conditional samples: does the classifier see the asked-for class?
+            from torchmetrics.classification import MulticlassAccuracy
+
+            self.accuracy = MulticlassAccuracy(num_classes=self.net.num_classes, average="micro").to(device)
         if self.kid:
             from torchmetrics.image.kid import KernelInceptionDistance
 
@@ -168,10 +173,14 @@ class SampleMetrics:
 
     # ----- evaluation --------------------------------------------------------------------------
     @torch.no_grad()
-    def update(self, images: Tensor) -> None:
-        """Add generated images in [-1, 1]; they are quantised to uint8 first, as a saved PNG would be."""
+    def update(self, images: Tensor, labels: Tensor | None = None) -> None:
+        """Add generated images in [-1, 1]; they are quantised to uint8 first, as a saved PNG would be. labels:
+        the classes they were drawn as (class accuracy under the feature classifier)."""
         x = quantize(images)
         self.fid.update(x, real=False)
+        if labels is not None and self.accuracy is not None:
+            self.accuracy.update(self.net.logits(x).argmax(1), labels.to(x.device))
+            self._labelled = True
         if self.kid_metric is not None:
             self.kid_metric.update(x, real=False)
         if self.is_metric is not None:
@@ -186,14 +195,17 @@ class SampleMetrics:
             out[f"kid{'' if self.feature == 'inception' else '_classifier'}"] = float(kid_mean)
         if self.is_metric is not None:
             out["inception_score"] = float(self.is_metric.compute()[0])
+        if self._labelled:
+            out["class_accuracy"] = float(self.accuracy.compute())
         self.reset()
         out[f"{self.fid_name}_n"] = n_total
         return out
 
     def reset(self) -> None:
-        for m in (self.fid, self.kid_metric, self.is_metric):
+        for m in (self.fid, self.kid_metric, self.is_metric, self.accuracy):
             if m is not None:
                 m.reset()
+        self._labelled = False
 
 
 def _data_key(datamodule) -> str:

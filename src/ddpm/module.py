@@ -1,4 +1,4 @@
-"""The LightningModule: L_simple training, warm-up, EMA, and sampling from the EMA weights.
+"""The LightningModule: L_simple (or L_hybrid) training, warm-up, EMA, and sampling from the EMA weights.
 
 Lightning glue only: the math is in `diffusion.py`, the averaging in `ema.py`, execution choices in
 `perf.py`, random streams in `rng.py`. The constructor takes plain configs (dicts with `_target_`) and
@@ -20,11 +20,24 @@ from torch import Tensor
 from .config import UserError
 from .diffusion import GaussianDiffusion
 from .ema import EMA, ema_decay_at
+from .guidance import conditional, drop_labels, guided
 from .loggers import resume_ids
 from .optim import build_optimizer, clip_gradients
 from .perf import ExecutionPlan, legacy_perf, match_state_layout, resolve_plan
 from .rng import checkpoint_rng_states, continue_or_seed_ranks
 from .samplers import SampleOutput, Sampler
+
+
+def check_objective(diffusion: GaussianDiffusion, num_classes: int | None, vlb_weight: float,
+                    cond_drop_prob: float) -> None:
+    """ValueError for settings that would train nothing or silently ignore a part."""
+    if diffusion.variance_type == "learned_range" and not vlb_weight > 0:
+        raise ValueError("module.variance_type=learned_range trains the variance through L_vlb only: set "
+                         "module.vlb_weight > 0 (Improved DDPM: 0.001)")
+    if cond_drop_prob and num_classes is None:
+        raise ValueError("module.cond_drop_prob needs a class-conditional model: set model.num_classes")
+    if not 0.0 <= cond_drop_prob <= 1.0:
+        raise ValueError(f"module.cond_drop_prob must be in [0, 1], got {cond_drop_prob}")
 
 
 class NonFiniteLossError(UserError, RuntimeError):
@@ -35,9 +48,13 @@ class DiffusionModule(pl.LightningModule):
     def __init__(self, model: dict[str, Any], scheduler: dict[str, Any], sampler: dict[str, Any],
                  optimizer: dict[str, Any], image_shape: Sequence[int], variance_type: str, lr_warmup_steps: int,
                  ema_decay: float, ema_warmup: bool, val_seed: int, check_every_n_steps: int,
-                 perf: dict[str, Any] | None = None, **legacy: Any) -> None:
+                 perf: dict[str, Any] | None = None, prediction: str = "eps", vlb_weight: float = 0.001,
+                 cond_drop_prob: float = 0.0, **legacy: Any) -> None:
         """perf: the `perf` config group (None: eager fp32). check_every_n_steps: how often the loss is checked
-        for NaN and the per-quarter losses are logged (each check waits for the GPU); 0 never."""
+        for NaN and the per-quarter losses are logged (each check waits for the GPU); 0 never. prediction: eps | x0
+        | v; vlb_weight: lambda of L_hybrid, used with learned_range only (a fixed variance has nothing for L_vlb to
+        train); cond_drop_prob: label dropout of a conditional model. With a fixed variance and no classes the
+        defaults are DDPM's, so checkpoints saved before these existed load unchanged."""
         super().__init__()
         perf = perf if perf is not None else legacy_perf(legacy)  # checkpoints saved before the perf group
         if legacy:
@@ -45,7 +62,8 @@ class DiffusionModule(pl.LightningModule):
         self.save_hyperparameters()
         self.hparams["perf"] = perf
         self.net = instantiate(model)
-        self.diffusion = GaussianDiffusion(instantiate(scheduler), variance_type=variance_type)
+        self.diffusion = GaussianDiffusion(instantiate(scheduler), variance_type=variance_type, prediction=prediction)
+        check_objective(self.diffusion, self.num_classes, float(vlb_weight), float(cond_drop_prob))
         # part of state_dict: checkpointed and restored with the network, used for every sample
         self.ema = EMA(self.net, use_buffers=True).requires_grad_(False)
         self.sampler = instantiate(sampler, diffusion=self.diffusion)
@@ -55,6 +73,11 @@ class DiffusionModule(pl.LightningModule):
         self._plan_fixed = False  # resolved for a Trainer's device (setup), until teardown
         self._resume_checkpoint: dict[str, Any] | None = None
         self.__dict__["_compiled"] = {}  # compiled views of net / ema.module: no duplicate state_dict keys
+
+    @property
+    def num_classes(self) -> int | None:
+        """K for a class-conditional network (labels 0..K-1, K = null), None for an unconditional one."""
+        return getattr(self.net, "num_classes", None)
 
     # ----- the execution plan ------------------------------------------------------------------
     def setup(self, stage: str) -> None:
@@ -93,21 +116,36 @@ class DiffusionModule(pl.LightningModule):
         return self._compiled[which]
 
     # ----- training ----------------------------------------------------------------------------
-    def training_step(self, batch: Tensor, batch_idx: int) -> Tensor:
-        batch = batch.contiguous(memory_format=self.plan.batch_memory_format)
-        t = self.diffusion.sample_timesteps(batch.shape[0], batch.device)
+    def _images_and_labels(self, batch: Tensor | Sequence[Tensor]) -> tuple[Tensor, Tensor | None]:
+        """Batches are images (B, C, H, W), or (images, labels (B,)) for a conditional model."""
+        images, labels = (batch[0], batch[1]) if isinstance(batch, (tuple, list)) else (batch, None)
+        if (labels is None) != (self.num_classes is None):
+            raise UserError("a class-conditional model (model.num_classes set) needs data.labels=true, and an "
+                            "unconditional one data.labels=false")
+        return images, labels
+
+    def training_step(self, batch: Tensor | Sequence[Tensor], batch_idx: int) -> Tensor:
+        images, labels = self._images_and_labels(batch)
+        images = images.contiguous(memory_format=self.plan.batch_memory_format)
+        t = self.diffusion.sample_timesteps(images.shape[0], images.device)
+        if labels is not None:  # classifier-free guidance: the null label with probability cond_drop_prob
+            labels = drop_labels(labels, self.num_classes, float(self.hparams.cond_drop_prob))
         if self.plan.cuda_graphs:
             torch.compiler.cudagraph_mark_step_begin()  # a new iteration: the last step's graph outputs may be reused
-        losses = self.diffusion.training_losses(self.network("train"), batch, t=t)  # (B,)
+        terms = self.diffusion.training_terms(conditional(self.network("train"), labels), images, t=t,
+                                              vlb_weight=float(self.hparams.vlb_weight))  # each (B,)
+        losses = terms["loss"]
         loss = losses.mean()
         self._last_loss = loss.detach()
         every = self.hparams.check_every_n_steps
         if every and self.global_step % every == 0:
             self.checked_loss = self._check_finite(loss)
             self._log_loss_by_quarter(losses.detach(), t)
+            for name in ("mse", "vlb") if "vlb" in terms else ():  # L_hybrid's parts (vlb: L_t in bits/dim)
+                self.log(f"train/{name}", terms[name].detach().mean(), on_step=True, on_epoch=False)
         # Not prog_bar=True: Lightning turns progress-bar tensors into floats at every step, a wait for the GPU
         # (8.5 ms of host time per step in Trainer.fit on an H100, benchmarks/RESULTS.md).
-        self.log("train/loss", loss, on_step=True, on_epoch=False, batch_size=batch.shape[0])
+        self.log("train/loss", loss, on_step=True, on_epoch=False, batch_size=images.shape[0])
         return loss
 
     def _check_finite(self, loss: Tensor) -> float:
@@ -174,24 +212,35 @@ class DiffusionModule(pl.LightningModule):
         continue_or_seed_ranks(resumed, self.trainer.global_rank, self.trainer.world_size)
 
     # ----- validation and sampling -------------------------------------------------------------
-    def validation_step(self, batch: Tensor, batch_idx: int) -> Tensor:
-        """L_simple of the EMA network on held-out images, with t and noise fixed by seed for comparable curves."""
-        g = torch.Generator(device=batch.device).manual_seed(self.hparams.val_seed + batch_idx)
-        t = self.diffusion.sample_timesteps(batch.shape[0], batch.device, generator=g)
-        noise = torch.randn(batch.shape, device=batch.device, generator=g, dtype=batch.dtype)
-        loss = self.diffusion.training_losses(self.ema.module, batch, t=t, noise=noise).mean()
-        self.log("val/loss", loss, prog_bar=True, on_epoch=True, batch_size=batch.shape[0], sync_dist=True)
+    def validation_step(self, batch: Tensor | Sequence[Tensor], batch_idx: int) -> Tensor:
+        """The training loss of the EMA network on held-out images (true labels), with t and noise fixed by seed
+        for comparable curves."""
+        images, labels = self._images_and_labels(batch)
+        g = torch.Generator(device=images.device).manual_seed(self.hparams.val_seed + batch_idx)
+        t = self.diffusion.sample_timesteps(images.shape[0], images.device, generator=g)
+        noise = torch.randn(images.shape, device=images.device, generator=g, dtype=images.dtype)
+        loss = self.diffusion.training_losses(conditional(self.ema.module, labels), images, t=t, noise=noise,
+                                              vlb_weight=float(self.hparams.vlb_weight)).mean()
+        self.log("val/loss", loss, prog_bar=True, on_epoch=True, batch_size=images.shape[0], sync_dist=True)
         return loss
 
     @torch.no_grad()
     def sample(self, n: int, seed: int = 0, use_ema: bool = True, record_timesteps: Sequence[int] = (),
-               sampler: Sampler | None = None) -> SampleOutput:
-        """n samples (n, C, H, W) in [-1, 1] from the EMA net (dropout off), by seed; `sampler`: else the module's."""
+               sampler: Sampler | None = None, labels: Tensor | None = None,
+               guidance_scale: float = 0.0) -> SampleOutput:
+        """n samples (n, C, H, W) in [-1, 1] from the EMA net (dropout off), by seed; `sampler`: else the module's.
+        A conditional model samples `labels` (n,) (default: classes 0..K-1 in turn) with classifier-free guidance
+        w = guidance_scale (0: the conditional model)."""
         base = self.ema.module if use_ema else self.net
         was_training = base.training
         base.eval()
         try:
             net = self.network("sample") if use_ema else base
+            if self.num_classes is not None:
+                labels = labels if labels is not None else torch.arange(n) % self.num_classes
+                net = guided(net, labels.to(self.device), self.num_classes, guidance_scale, self.image_shape[0])
+            elif labels is not None or guidance_scale:
+                raise UserError("labels / guidance_scale need a class-conditional model (model.num_classes)")
             g = torch.Generator(device=self.device).manual_seed(seed)
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.plan.sample_bf16):
                 return (sampler or self.sampler).sample(net, (n, *self.image_shape), generator=g,

@@ -7,6 +7,9 @@ Layout, for channel_mult of length L and image size S:
     -> GroupNorm, SiLU, conv_out (zero-initialised, so the initial eps prediction is 0).
 Resolutions visited: S, S/2, ..., S / 2^(L-1). With ch=128, channel_mult=(1, 2, 2, 2), num_res_blocks=2,
 attention at 16 and 3 channels this is the 35.7M-parameter CIFAR-10 network.
+
+Class-conditional (num_classes = K, for classifier-free guidance): a learned embedding of the label, K + 1
+rows (row K is the null label, "no class"), added to the time embedding after its MLP, as improved-diffusion does.
 """
 
 from __future__ import annotations
@@ -150,8 +153,11 @@ class UNet(nn.Module):
         num_heads: int = 1,
         num_groups: int = 32,
         norm_eps: float = 1e-6,
+        num_classes: int | None = None,
     ) -> None:
         super().__init__()
+        if num_classes is not None and (isinstance(num_classes, bool) or int(num_classes) < 1):
+            raise ValueError(f"model.num_classes must be a positive integer or null, got {num_classes!r}")
         channel_mult, attention_resolutions = list(channel_mult), list(attention_resolutions)
         resolutions = check_unet_config(image_size, channel_mult, attention_resolutions, base_channels, num_heads,
                                         num_groups)
@@ -163,6 +169,9 @@ class UNet(nn.Module):
         attn = lambda c: AttentionBlock(c, num_heads, num_groups, norm_eps)  # noqa: E731
 
         self.temb = nn.Sequential(nn.Linear(base_channels, temb_ch), nn.SiLU(), nn.Linear(temb_ch, temb_ch))
+        self.num_classes = int(num_classes) if num_classes is not None else None
+        if self.num_classes is not None:
+            self.class_emb = nn.Embedding(self.num_classes + 1, temb_ch)  # row num_classes: the null label
         self.conv_in = nn.Conv2d(in_channels, base_channels, 3, padding=1)
 
         self.down = nn.ModuleList()
@@ -200,13 +209,26 @@ class UNet(nn.Module):
             h = layer(h, temb) if isinstance(layer, ResBlock) else layer(h)
         return h
 
-    def forward(self, x: Tensor, t: Tensor) -> Tensor:
+    @property
+    def null_label(self) -> int | None:
+        """The label index that means "no class" (classifier-free guidance's unconditional model)."""
+        return self.num_classes
+
+    def forward(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
+        """y: (B,) long class labels in [0, num_classes], num_classes meaning none; None = all null."""
         expected = (self.in_channels, self.image_size, self.image_size)
         if x.ndim != 4 or tuple(x.shape[1:]) != expected:
             raise ValueError(
                 f"UNet expects (B, {self.in_channels}, {self.image_size}, {self.image_size}), got {tuple(x.shape)}"
             )
         temb = self.temb(timestep_embedding(t, self.base_channels).to(x.dtype))
+        if self.num_classes is not None:
+            if y is None:
+                y = torch.full((x.shape[0],), self.num_classes, device=x.device, dtype=torch.long)
+            temb = temb + self.class_emb(y).to(temb.dtype)
+        elif y is not None:
+            raise ValueError("class labels given to an unconditional U-Net: set model.num_classes to train a "
+                             "class-conditional model")
         h = self.conv_in(x)
         skips = [h]
         for layers in self.down:

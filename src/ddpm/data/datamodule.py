@@ -13,7 +13,7 @@ from pathlib import Path
 import lightning.pytorch as pl
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, random_split
+from torch.utils.data import DataLoader, Dataset, TensorDataset, random_split
 
 from ..perf import ExecutionPlan
 from .datasets import (
@@ -21,6 +21,7 @@ from .datasets import (
     DataError,
     ImageFiles,
     TorchvisionFiles,
+    class_folders,
     crop_to_native,
     digits,
     image_files,
@@ -28,19 +29,22 @@ from .datasets import (
     synthetic,
 )
 from .device_loader import DeviceLoader
-from .order import EpochSampler, Flipped, image_of
+from .order import EpochSampler, Flipped, image_of, label_of
 
 
 class ImageDataModule(pl.LightningDataModule):
     """Base class: subclasses implement `load()` (the full data set) and may override `check()`."""
 
     native_size: int | None = None  # the set's own image size (None: images of any size)
+    has_labels: bool = True  # the set yields (image, label); with data.labels=true batches are (images, labels)
 
     def __init__(self, root: str, image_size: int, channels: int, batch_size: int, val_fraction: float,
                  random_flip: bool, num_workers: int, split_seed: int, pin_memory: bool, name: str,
-                 shuffle_seed: int | None, fit: str = "resize", on_device=None, on_device_max_gib=None) -> None:
+                 shuffle_seed: int | None, fit: str = "resize", on_device=None, on_device_max_gib=None,
+                 labels: bool = False) -> None:
         """fit: "pad" or "resize" when the set's images are smaller than image_size. on_device(_max_gib): accepted
-        (and ignored) so that configs of older runs load; the perf group holds them now."""
+        (and ignored) so that configs of older runs load; the perf group holds them now. labels: batches are
+        (images, labels) for a class-conditional model (model.num_classes set)."""
         super().__init__()
         if not 0.0 < val_fraction < 1.0:
             raise ValueError(f"data.val_fraction must be in (0, 1), got {val_fraction}")
@@ -49,7 +53,7 @@ class ImageDataModule(pl.LightningDataModule):
         self.root, self.name, self.fit = Path(root), name, fit
         self.image_size, self.channels, self.batch_size = image_size, channels, batch_size
         self.val_fraction, self.random_flip, self.num_workers = val_fraction, random_flip, num_workers
-        self.split_seed, self.pin_memory = split_seed, pin_memory
+        self.split_seed, self.pin_memory, self.labels = split_seed, pin_memory, bool(labels)
         self.shuffle_seed = int(shuffle_seed if shuffle_seed is not None else torch.randint(2**31, ()).item())
         self.plan: ExecutionPlan | None = None  # without a Trainer; with one, its module's plan is read
         self._resume_batches = 0  # batches of the current epoch already trained on (set when resuming)
@@ -61,6 +65,10 @@ class ImageDataModule(pl.LightningDataModule):
 
     def check(self) -> None:
         """Raise `DataError` if the data can't be loaded; called before training starts."""
+        if self.labels and not self.has_labels:
+            raise DataError(f"{self.name} has no class labels, which a class-conditional model (model.num_classes) "
+                            "needs: use a labelled data set (digits, mnist, fashion_mnist, cifar10, image_folder with "
+                            "one sub-folder per class) or an unconditional model (model.num_classes=null)")
         if self.fit == "pad" and self.native_size is not None and self.native_size > self.image_size:
             raise DataError(f"{self.name}: data.fit=pad needs data.image_size >= the native {self.native_size}px; "
                             "use data.fit=resize to shrink the images")
@@ -117,8 +125,24 @@ class ImageDataModule(pl.LightningDataModule):
                           # matches the uninterrupted run's however often loaders are (re)created
                           generator=torch.Generator().manual_seed(self.shuffle_seed))
 
+    def split_labels(self, name: str) -> Tensor:
+        """A split's labels (N,) long, read from the data set's label table where it has one (no image decoded)."""
+        split = self.split(name)
+        base, idx = getattr(split, "dataset", split), getattr(split, "indices", None)
+        table = getattr(base, "targets", None)
+        if table is None and isinstance(base, TensorDataset) and len(base.tensors) > 1:
+            table = base.tensors[1]
+        if table is None:
+            return torch.stack([label_of(split[i]) for i in range(len(split))])  # type: ignore[arg-type]
+        table = torch.as_tensor(table, dtype=torch.long)
+        return table[torch.as_tensor(idx, dtype=torch.long)] if idx is not None else table
+
+    def num_classes(self) -> int:
+        """The number of classes of the training split (labels 0..K-1)."""
+        return int(self.split_labels("train").max()) + 1
+
     def train_dataloader(self) -> DataLoader | DeviceLoader:
-        train = Flipped(self.split("train"))
+        train = Flipped(self.split("train"), self.labels)
         rank, world = (self.trainer.global_rank, self.trainer.world_size) if self.trainer is not None else (0, 1)
         if len(train) // world < self.batch_size:
             raise DataError(f"{self.name}: {len(train)} training images, over {world} process(es) fewer than "
@@ -128,7 +152,8 @@ class ImageDataModule(pl.LightningDataModule):
         plan = self.plan if self.trainer is None else getattr(self.trainer.lightning_module, "plan", None)
         nbytes = len(train) * self.channels * self.image_size ** 2 * 4  # float32
         if plan is not None and plan.holds_data(nbytes):
-            return DeviceLoader(self._images_on(plan.device), sampler, self.batch_size)
+            labels = self._labels_on(plan.device) if self.labels else None
+            return DeviceLoader(self._images_on(plan.device), sampler, self.batch_size, labels)
         return self._loader(train, sampler, drop_last=True)  # fixed batches per epoch: exact resume
 
     def _images_on(self, device: torch.device) -> Tensor:
@@ -137,8 +162,12 @@ class ImageDataModule(pl.LightningDataModule):
                             generator=torch.Generator().manual_seed(0))  # no draw from the global RNG
         return torch.cat([x.float() for x in loader]).to(device)
 
+    def _labels_on(self, device: torch.device) -> Tensor:
+        """The training split's labels (N,) on `device`."""
+        return self.split_labels("train").to(device)
+
     def val_dataloader(self) -> DataLoader:
-        return self._loader(Flipped(self.split("val")), None, drop_last=False)
+        return self._loader(Flipped(self.split("val"), self.labels), None, drop_last=False)
 
     def state_dict(self) -> dict:
         """Saved in checkpoints: where in the epoch training stands (batches = optimizer steps x accumulation)."""
@@ -166,6 +195,8 @@ class DigitsDataModule(ImageDataModule):
 
 class SyntheticDataModule(ImageDataModule):
     """Random images in [-1, 1] of any shape, for throughput runs where no data set is present."""
+
+    has_labels = False
 
     def __init__(self, num_images: int, seed: int, **kwargs) -> None:
         super().__init__(**kwargs)
@@ -218,5 +249,6 @@ class ImageFolderDataModule(ImageDataModule):
 
     def load(self) -> Dataset:
         self.check()
+        labels = class_folders(self.root, self.files()) if self.labels else None
         return ImageFiles(self.files(), pil_transform(self.image_size, None, "resize", self.channels),
-                          "L" if self.channels == 1 else "RGB")
+                          "L" if self.channels == 1 else "RGB", labels)

@@ -157,19 +157,35 @@ class TorchvisionFiles:
 
 
 class ImageFiles(Dataset):
-    """Image files (greyscale "L" or "RGB"), each through `transform`."""
+    """Image files (greyscale "L" or "RGB"), each through `transform`; with `labels`, items are (image, label)."""
 
-    def __init__(self, files: list[Path], transform: T.Compose, mode: str) -> None:
+    def __init__(self, files: list[Path], transform: T.Compose, mode: str, labels: list[int] | None = None) -> None:
         self.files, self.transform, self.mode = files, transform, mode
+        self.targets = labels  # read by the data module without decoding images
 
     def __len__(self) -> int:
         return len(self.files)
 
-    def __getitem__(self, i: int) -> Tensor:
+    def __getitem__(self, i: int) -> Tensor | tuple[Tensor, int]:
         from PIL import Image
 
         with Image.open(self.files[i]) as img:
-            return self.transform(img.convert(self.mode))
+            x = self.transform(img.convert(self.mode))
+        return x if self.targets is None else (x, self.targets[i])
+
+
+def class_folders(root: Path, files: list[Path]) -> list[int]:
+    """torchvision ImageFolder's convention: the class of a file is its first sub-folder under root, classes
+    numbered in sorted order. Files directly under root have no class: one DataError names them."""
+    parts = [p.relative_to(root).parts for p in files]
+    loose = [str(f) for f, pt in zip(files, parts) if len(pt) < 2]
+    if loose:
+        raise DataError(f"image_folder: data.labels=true needs one sub-folder per class under {root.resolve()}, but "
+                        f"{len(loose)} file(s) lie directly in it (e.g. {loose[0]}); move them into class folders")
+    names = sorted({pt[0] for pt in parts})
+    index = {name: k for k, name in enumerate(names)}
+    log.info("image_folder: %d classes: %s", len(names), ", ".join(names[:20]))
+    return [index[pt[0]] for pt in parts]
 
 
 def image_files(root: Path, skip_unreadable: bool) -> list[Path]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Iterator
+from typing import Iterator, Union
 
 import torch
 from torch import Tensor
@@ -18,8 +18,9 @@ class DeviceLoader:
     device, which never makes the host wait for the GPU. Lightning finds `sampler` and calls its set_epoch, as
     for a DataLoader."""
 
-    def __init__(self, images: Tensor, sampler: EpochSampler, batch_size: int) -> None:
+    def __init__(self, images: Tensor, sampler: EpochSampler, batch_size: int, labels: Tensor | None = None) -> None:
         self.images = images  # (N, C, H, W) on the device, already in [-1, 1]
+        self.labels = labels  # (N,) long on the device, or None: batches are then images alone
         self.sampler, self.batch_size = sampler, batch_size
 
     def __len__(self) -> int:
@@ -31,7 +32,7 @@ class DeviceLoader:
         # non-blocking from pinned memory; torch's pinned-memory cache keeps the block until the copy is done
         return x.pin_memory().to(self.images.device, non_blocking=True)
 
-    def __iter__(self) -> Iterator[Tensor]:
+    def __iter__(self) -> Iterator[Union[Tensor, tuple[Tensor, Tensor]]]:
         order, flips = self.sampler.epoch_plan()  # (N_r,) each
         n_batches = len(order) // self.batch_size  # drop_last: fixed batches per epoch, exact resume
         keep = n_batches * self.batch_size
@@ -41,4 +42,4 @@ class DeviceLoader:
             x = self.images.index_select(0, idx)
             if batch_flips is not None:
                 x = torch.where(batch_flips[b][:, None, None, None], x.flip(-1), x)
-            yield x
+            yield x if self.labels is None else (x, self.labels.index_select(0, idx))

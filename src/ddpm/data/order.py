@@ -60,16 +60,26 @@ class EpochSampler(DistributedSampler):
         return self.n // self.world_size
 
 
-class Flipped(Dataset):
-    """Training images: item (index, flip) -> the image, mirrored when flip; a plain index gives it as is."""
+def label_of(item) -> Tensor:
+    """The class label of an (image, label) item."""
+    if not isinstance(item, (tuple, list)) or len(item) < 2:
+        raise ValueError("this data set yields no class labels")
+    return torch.as_tensor(item[1], dtype=torch.long)
 
-    def __init__(self, base: Dataset) -> None:
-        self.base = base
+
+class Flipped(Dataset):
+    """Training images: item (index, flip) -> the image, mirrored when flip; a plain index gives it as is.
+    With labels=True the item is (image, label), for class-conditional models."""
+
+    def __init__(self, base: Dataset, labels: bool = False) -> None:
+        self.base, self.labels = base, labels
 
     def __len__(self) -> int:
         return len(self.base)  # type: ignore[arg-type]
 
-    def __getitem__(self, key: int | tuple[int, bool]) -> Tensor:
+    def __getitem__(self, key: int | tuple[int, bool]) -> Tensor | tuple[Tensor, Tensor]:
         i, flip = key if isinstance(key, tuple) else (key, False)
-        x = image_of(self.base[i])
-        return x.flip(-1) if flip else x
+        item = self.base[i]
+        x = image_of(item)
+        x = x.flip(-1) if flip else x
+        return (x, label_of(item)) if self.labels else x

@@ -13,7 +13,7 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from ..diffusion import GaussianDiffusion
+from ..diffusion import GaussianDiffusion, ModelOutput
 from .base import Sampler
 
 
@@ -22,7 +22,8 @@ def respaced(diffusion: GaussianDiffusion, timesteps: Sequence[int]) -> Gaussian
     kept = torch.tensor(sorted(timesteps))
     abar = diffusion.alphas_cumprod.detach().cpu()[kept]  # float64
     abar_prev = torch.cat([torch.ones(1, dtype=torch.float64), abar[:-1]])
-    return GaussianDiffusion(1.0 - abar / abar_prev, variance_type=diffusion.variance_type)
+    return GaussianDiffusion(1.0 - abar / abar_prev, variance_type=diffusion.variance_type,
+                             prediction=diffusion.prediction)
 
 
 class AncestralSampler(Sampler):
@@ -30,8 +31,8 @@ class AncestralSampler(Sampler):
     at the last step. num_steps = None or T: all T steps."""
 
     def __init__(self, diffusion: GaussianDiffusion, clip_denoised: bool = True, num_steps: int | None = None,
-                 spacing: str = "trailing", progress: bool = True) -> None:
-        super().__init__(diffusion, num_steps, spacing, progress)
+                 spacing: str = "trailing", progress: bool = True, cap_at_num_timesteps: bool = False) -> None:
+        super().__init__(diffusion, num_steps, spacing, progress, cap_at_num_timesteps)
         self.clip_denoised = clip_denoised
         self._chains: dict[torch.device, GaussianDiffusion] = {}
 
@@ -48,10 +49,11 @@ class AncestralSampler(Sampler):
             self._chains[device] = respaced(self.diffusion, self.timesteps).to(device)
         return self._chains[device]
 
-    def advance(self, k: int, t: Tensor, eps: Tensor, x: Tensor, generator: torch.Generator | None,
+    def advance(self, k: int, t: Tensor, out: ModelOutput, x: Tensor, generator: torch.Generator | None,
                 state: dict) -> Tensor:
         chain, i = self.chain(), self.nfe - 1 - k  # the step's index on the (respaced) chain
         i_t = t if chain is self.diffusion else torch.full_like(t, i)
-        step = chain.p_mean_variance(eps, x, i_t, clip_denoised=self.clip_denoised)
+        # learned_range: frac interpolates between the respaced chain's beta'_i and beta_tilde'_i
+        step = chain.p_mean_variance(out.eps, x, i_t, clip_denoised=self.clip_denoised, var_frac=out.var_frac)
         z = torch.randn(x.shape, device=x.device, generator=generator) if i > 0 else torch.zeros_like(x)
         return chain.p_sample_step(step, i_t, z)

@@ -11,7 +11,7 @@ from typing import Iterable, Iterator, Sequence, TypeVar
 import torch
 from torch import Tensor
 
-from ..diffusion import EpsModel, GaussianDiffusion
+from ..diffusion import EpsModel, GaussianDiffusion, ModelOutput
 from .spacing import spaced_timesteps
 
 log = logging.getLogger(__name__)
@@ -63,9 +63,15 @@ class Sampler(ABC):
     `self.timesteps` (descending, original indices of the training schedule)."""
 
     def __init__(self, diffusion: GaussianDiffusion, num_steps: int | None = None, spacing: str = "trailing",
-                 progress: bool = True) -> None:
+                 progress: bool = True, cap_at_num_timesteps: bool = False) -> None:
+        """cap_at_num_timesteps: num_steps > T runs T steps, said in the log (training-time evaluation of a short
+        schedule with a configured DDIM-50); otherwise num_steps > T is an error."""
         self.diffusion = diffusion
         self.num_steps = int(num_steps) if num_steps is not None else diffusion.num_timesteps
+        if cap_at_num_timesteps and self.num_steps > diffusion.num_timesteps:
+            log.warning("sampler.num_steps=%d > T=%d: sampling with %d steps", self.num_steps,
+                        diffusion.num_timesteps, diffusion.num_timesteps)
+            self.num_steps = diffusion.num_timesteps
         self.spacing = spacing
         self.progress = progress
         self.timesteps = spaced_timesteps(diffusion.num_timesteps, self.num_steps, spacing,
@@ -81,10 +87,11 @@ class Sampler(ABC):
         """A short name with the settings that matter, e.g. "ddim(S=50, eta=0, trailing)"."""
 
     @abstractmethod
-    def advance(self, k: int, t: Tensor, eps: Tensor, x: Tensor, generator: torch.Generator | None,
+    def advance(self, k: int, t: Tensor, out: ModelOutput, x: Tensor, generator: torch.Generator | None,
                 state: dict) -> Tensor:
         """The state after the k-th network call: x at the next visited timestep (x_0 after the last).
-        t: (B,) the visited timestep; eps: the network's output there; state: kept across the calls of one run."""
+        t: (B,) the visited timestep; out: the network's output there, read as eps (and a learned variance's
+        fraction); state: kept across the calls of one run."""
 
     @torch.no_grad()
     def sample(self, model: EpsModel, shape: Sequence[int], generator: torch.Generator | None = None,
@@ -100,7 +107,7 @@ class Sampler(ABC):
                 out.chain.append(x.clone())
                 out.chain_timesteps.append(t_int)
             t = torch.full((x.shape[0],), t_int, device=x.device, dtype=torch.long)
-            x = self.advance(k, t, model(x, t), x, generator, state)
+            x = self.advance(k, t, self.diffusion.split_output(model(x, t), x, t), x, generator, state)
         if record:
             out.chain.append(x.clone())
             out.chain_timesteps.append(-1)  # the final sample x_0

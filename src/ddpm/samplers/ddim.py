@@ -15,14 +15,14 @@ import math
 import torch
 from torch import Tensor
 
-from ..diffusion import GaussianDiffusion
+from ..diffusion import GaussianDiffusion, ModelOutput
 from .base import Sampler
 
 
 class DDIMSampler(Sampler):
     def __init__(self, diffusion: GaussianDiffusion, num_steps: int = 50, eta: float = 0.0, spacing: str = "trailing",
-                 clip_denoised: bool = True, progress: bool = True) -> None:
-        super().__init__(diffusion, num_steps, spacing, progress)
+                 clip_denoised: bool = True, progress: bool = True, cap_at_num_timesteps: bool = False) -> None:
+        super().__init__(diffusion, num_steps, spacing, progress, cap_at_num_timesteps)
         if not eta >= 0:
             raise ValueError(f"sampler.eta must be >= 0, got {eta}")
         self.eta, self.clip_denoised = float(eta), clip_denoised
@@ -45,8 +45,10 @@ class DDIMSampler(Sampler):
             x_next = x_next + sigma * z.to(x_next.dtype)  # the product in the chain's precision
         return x_next, x0
 
-    def advance(self, k: int, t: Tensor, eps: Tensor, x: Tensor, generator: torch.Generator | None,
+    def advance(self, k: int, t: Tensor, out: ModelOutput, x: Tensor, generator: torch.Generator | None,
                 state: dict) -> Tensor:
+        """A learned variance is not used: the step's noise is fixed by the method."""
+        eps = out.eps
         t_int, t_next = self.timesteps[k], (self.timesteps[k + 1] if k + 1 < self.nfe else -1)
         # the ancestral sampler's draws: one z per step but the last (none at all when eta = 0)
         z = torch.randn(x.shape, device=x.device, generator=generator) if self.eta > 0 and t_next >= 0 else None

@@ -16,14 +16,14 @@ import math
 import torch
 from torch import Tensor
 
-from ..diffusion import GaussianDiffusion
+from ..diffusion import GaussianDiffusion, ModelOutput
 from .base import Sampler
 
 
 class DPMSolverSampler(Sampler):
     def __init__(self, diffusion: GaussianDiffusion, num_steps: int = 20, spacing: str = "logsnr",
-                 clip_denoised: bool = True, progress: bool = True) -> None:
-        super().__init__(diffusion, num_steps, spacing, progress)
+                 clip_denoised: bool = True, progress: bool = True, cap_at_num_timesteps: bool = False) -> None:
+        super().__init__(diffusion, num_steps, spacing, progress, cap_at_num_timesteps)
         self.clip_denoised = clip_denoised
         self.alphas_cumprod = diffusion.alphas_cumprod.detach().cpu().tolist()  # float64 host numbers
 
@@ -46,8 +46,10 @@ class DPMSolverSampler(Sampler):
             d = (1 + 1 / (2 * r)) * x0 - (1 / (2 * r)) * prev_x0
         return (sigma_t / sigma_s) * x - alpha_t * math.expm1(-h) * d
 
-    def advance(self, k: int, t: Tensor, eps: Tensor, x: Tensor, generator: torch.Generator | None,
+    def advance(self, k: int, t: Tensor, out: ModelOutput, x: Tensor, generator: torch.Generator | None,
                 state: dict) -> Tensor:
+        """A learned variance is not used: the step's noise is fixed by the method."""
+        eps = out.eps
         t_int = self.timesteps[k]
         alpha, sigma, _ = self._alpha_sigma_lambda(t_int)
         x0 = (x - sigma * eps.to(x.dtype)) / alpha

@@ -1,0 +1,61 @@
+"""Classifier-free guidance (Ho & Salimans 2022): one class-conditional network, trained with its label replaced by
+a null label with probability p_uncond, sampled with the guided prediction
+
+    eps~(x, t, c) = (1 + w) eps(x, t, c) - w eps(x, t, null)
+
+w = 0 is the plain conditional model; w > 0 trades diversity for fidelity to the class. In the convention
+eps~ = eps(null) + s (eps(c) - eps(null)) (GLIDE, diffusers' `guidance_scale`) the same rule has s = 1 + w.
+Guidance acts on the prediction channels only: it is affine with weights summing to 1, so guiding x_0- or
+v-predictions is guiding eps (for fixed x_t and t the conversion is affine too). A learned variance's channels are
+taken from the conditional pass, unguided (GLIDE's choice).
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from .diffusion import EpsModel
+
+
+def drop_labels(labels: Tensor, null_label: int, p: float, generator: torch.Generator | None = None) -> Tensor:
+    """Each label replaced by `null_label` with probability p, independently (label dropout for training)."""
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"module.cond_drop_prob must be in [0, 1], got {p}")
+    drop = torch.rand(labels.shape, device=labels.device, generator=generator) < p
+    return torch.where(drop, torch.full_like(labels, null_label), labels)
+
+
+def class_labels(indices: Tensor, classes: Sequence[int], per_row: int) -> Tensor:
+    """The class of sample i (global index, over all ranks): classes[(i // per_row) % len(classes)], so a grid of
+    `per_row` images per row has one row per class and a long run is balanced over the classes."""
+    table = torch.as_tensor(list(classes), dtype=torch.long, device=indices.device)
+    return table[(indices // per_row) % len(table)]
+
+
+def conditional(net: nn.Module, labels: Tensor | None) -> EpsModel:
+    """The network as f(x_t, t): with fixed labels (B,) for a conditional network, or as it is."""
+    if labels is None:
+        return net
+    return lambda x, t: net(x, t, labels)
+
+
+def guided(net: nn.Module, labels: Tensor, null_label: int, guidance_scale: float, channels: int) -> EpsModel:
+    """f(x_t, t) with guidance w = `guidance_scale`: one batched forward of 2B (conditional, then null) per call;
+    w = 0 is one forward of the conditional model. The first `channels` output channels are guided."""
+    w = float(guidance_scale)
+    if not w >= 0:
+        raise ValueError(f"guidance_scale must be >= 0 (0: the conditional model), got {guidance_scale}")
+    if w == 0:
+        return conditional(net, labels)
+    null = torch.full_like(labels, null_label)
+
+    def model(x: Tensor, t: Tensor) -> Tensor:
+        out = net(torch.cat([x, x]), torch.cat([t, t]), torch.cat([labels, null]))  # (2B, C or 2C, H, W)
+        cond, uncond = out.chunk(2)
+        pred = (1 + w) * cond[:, :channels] - w * uncond[:, :channels]
+        return torch.cat([pred, cond[:, channels:]], dim=1)
+
+    return model
