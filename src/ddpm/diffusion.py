@@ -4,15 +4,9 @@ Notation follows the paper with code indices t = 0..T-1 (the paper's t = 1..T):
     alphas_cumprod[t]      = abar_t = prod_{s <= t} (1 - beta_s)
     alphas_cumprod_prev[t] = abar_{t-1}, with abar_{-1} := 1
 All coefficients are float64 buffers; `_gather` casts to the dtype of the tensor they multiply.
-This module knows nothing of the network: the reverse process takes the network's output, read once by
-`split_output` into eps (whatever the network predicts: eps, x_0 or v) and, for a learned variance, the
-interpolation fraction; everything downstream (samplers, bits/dim, guidance) sees eps.
-
-Successors of DDPM covered here:
-  prediction = eps | x0 | v        (v = sqrt(abar_t) eps - sqrt(1 - abar_t) x_0, Salimans & Ho 2022)
-  variance_type = learned_range    (Nichol & Dhariwal 2021: log sigma_t^2 = frac log beta_t
-                                    + (1 - frac) log beta_tilde_t, frac = (v + 1) / 2 from C extra channels)
-  L_hybrid = L_simple + lambda T L_t, with the mean frozen inside L_t (`training_terms`).
+This module knows nothing of the network: `split_output` reads its output once as eps (whatever it predicts:
+eps, x_0 or v = sqrt(abar_t) eps - sqrt(1 - abar_t) x_0) plus, for learned_range (Improved DDPM), the variance
+fraction; samplers, bits/dim and guidance see eps. L_hybrid: `training_terms`. Formulas: docs/math.md.
 """
 
 from __future__ import annotations
@@ -34,8 +28,7 @@ EpsModel = Callable[[Tensor, Tensor], Tensor]  # the network f(x_t, t); x_t (B, 
 
 @dataclass
 class ModelOutput:
-    """The network's output read in the diffusion's terms: eps (B, C, H, W) and, for learned_range, the variance
-    fraction frac in [0, 1] (B, C, H, W); None for fixed variances."""
+    """The network's output as eps (B, C, H, W) and learned_range's frac in [0, 1] (B, C, H, W), else None."""
 
     eps: Tensor
     var_frac: Tensor | None = None
@@ -101,8 +94,7 @@ class GaussianDiffusion(nn.Module):
         }
         # fixedlarge: sigma_t^2 = beta_t, except beta_tilde_1 at t=0 (DDPM's choice for the decoder NLL).
         # fixedsmall: sigma_t^2 = beta_tilde_t (log uses beta_tilde_1 at t=0, like improved-diffusion).
-        # learned_range interpolates, in log space, between log_beta (frac = 1; log beta_0 at t = 0, as in
-        # improved-diffusion) and the clipped log beta_tilde (frac = 0); model_variance is unused there.
+        # learned_range: between log beta (frac = 1; beta_0 at t = 0, as improved-diffusion) and clipped log beta_tilde
         buffers["log_betas"] = betas.log()
         if variance_type in ("fixedlarge", "learned_range"):
             large = betas.clone()
@@ -147,18 +139,16 @@ class GaussianDiffusion(nn.Module):
 
     def v_target(self, x0: Tensor, t: Tensor, noise: Tensor) -> Tensor:
         """v = sqrt(abar_t) eps - sqrt(1 - abar_t) x_0 (Salimans & Ho 2022)."""
-        return (_gather(self.sqrt_alphas_cumprod, t, x0) * noise
-                - _gather(self.sqrt_one_minus_alphas_cumprod, t, x0) * x0)
+        abar = _gather(self.alphas_cumprod, t, x0)
+        return abar.sqrt() * noise - (1 - abar).sqrt() * x0
 
     def predict_eps_from_v(self, x_t: Tensor, t: Tensor, v: Tensor) -> Tensor:
         """eps = sqrt(1 - abar_t) x_t + sqrt(abar_t) v (x_t and v are a rotation of (x_0, eps))."""
-        return (_gather(self.sqrt_one_minus_alphas_cumprod, t, x_t) * x_t
-                + _gather(self.sqrt_alphas_cumprod, t, x_t) * v)
+        return _gather(self.sqrt_one_minus_alphas_cumprod, t, x_t) * x_t + _gather(self.sqrt_alphas_cumprod, t, x_t) * v
 
     def predict_x0_from_v(self, x_t: Tensor, t: Tensor, v: Tensor) -> Tensor:
         """x_0 = sqrt(abar_t) x_t - sqrt(1 - abar_t) v."""
-        return (_gather(self.sqrt_alphas_cumprod, t, x_t) * x_t
-                - _gather(self.sqrt_one_minus_alphas_cumprod, t, x_t) * v)
+        return _gather(self.sqrt_alphas_cumprod, t, x_t) * x_t - _gather(self.sqrt_one_minus_alphas_cumprod, t, x_t) * v
 
     # ----- reading the network's output --------------------------------------------------------
     def output_channels(self, channels: int) -> int:
@@ -180,7 +170,6 @@ class GaussianDiffusion(nn.Module):
         return self.predict_eps_from_v(x_t, t, pred)
 
     def check_output(self, out: Tensor, x_t: Tensor) -> None:
-        """ValueError that says what to set when the network's output does not fit this diffusion."""
         c = x_t.shape[1]
         if out.shape[1] != self.output_channels(c) or out.shape[0] != x_t.shape[0] or out.shape[2:] != x_t.shape[2:]:
             need = "2 x data.channels (learned_range)" if self.variance_type == "learned_range" else "data.channels"
@@ -265,7 +254,6 @@ class GaussianDiffusion(nn.Module):
 
     def training_losses(self, model: EpsModel, x0: Tensor, t: Tensor | None = None,
                         noise: Tensor | None = None, vlb_weight: float = 0.0) -> Tensor:
-        """The per-sample training loss (B,): L_simple, plus lambda T L_t with a learned variance."""
         return self.training_terms(model, x0, t, noise, vlb_weight)["loss"]
 
     # ----- variational bound (bits/dim) --------------------------------------------------------
