@@ -38,14 +38,14 @@ def sync() -> None:
         torch.cuda.synchronize()
 
 
-def fid_table(ckpt: Path, n: int, batch: int, seed: int) -> None:
+def load(ckpt: Path):
+    """The checkpoint's EMA module on the GPU (else CPU), its run's data module and the eval config's metrics
+    (prepared: feature network and reference statistics)."""
     from hydra import compose, initialize_config_dir
     from hydra.utils import instantiate
-    from omegaconf import OmegaConf
 
     from ddpm.config import to_plain
     from ddpm.evaluate import run_config
-    from ddpm.evaluation import draw_samples
     from ddpm.metrics import SampleMetrics
     from ddpm.module import DiffusionModule
 
@@ -57,8 +57,18 @@ def fid_table(ckpt: Path, n: int, batch: int, seed: int) -> None:
         cfg = compose(config_name="eval", overrides=[f"ckpt_path={ckpt}", "paths.output_dir=."])
     metrics = SampleMetrics(**to_plain(cfg.fid))
     metrics.prepare(dm, device)
-    print(f"# {ckpt}: step {torch.load(ckpt, weights_only=True, mmap=True)['global_step']}, {dm.name}, n={n}, "
+    print(f"# {ckpt}: step {torch.load(ckpt, weights_only=True, mmap=True)['global_step']}, {dm.name}, "
           f"{torch.cuda.get_device_name() if device.type == 'cuda' else 'cpu'}", flush=True)
+    return module, dm, metrics
+
+
+def fid_table(ckpt: Path, n: int, batch: int, seed: int) -> None:
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    from ddpm.evaluation import draw_samples
+
+    module, dm, metrics = load(ckpt)
     rows = []
     for name, overrides in SETTINGS:
         sampler_cfg = OmegaConf.merge(OmegaConf.load(ROOT / "conf" / "sampler" / f"{name}.yaml"), overrides)
@@ -69,7 +79,7 @@ def fid_table(ckpt: Path, n: int, batch: int, seed: int) -> None:
         samples = draw_samples(module, n, batch, seed, 0, 1, keep=n, to_eval=dm.to_eval, sampler=sampler)
         sync()
         seconds = time.perf_counter() - start
-        metrics.update(samples.images.to(device).float() / 127.5 - 1)
+        metrics.update(samples.images.to(module.device).float() / 127.5 - 1)
         result = metrics.compute(samples.n_total)
         row = {"sampler": sampler.describe(), "nfe": sampler.nfe, metrics.fid_name: round(result[metrics.fid_name], 4),
                "n": samples.n_total, "seconds": round(seconds, 2), "s_per_50k": round(seconds / n * 50_000, 1)}

@@ -106,3 +106,120 @@ def test_guidance_formula_and_w0_is_the_conditional_model():
     cond, uncond = net(x, t, y), net(x, t, torch.full_like(y, 5))
     assert torch.allclose(got[:, :1], (1 + w) * cond[:, :1] - w * uncond[:, :1])
     assert torch.equal(got[:, 1:], cond[:, 1:])  # variance channels: unguided
+
+
+# ----- exact predictors of Gaussian data through every sampler (see tests/test_samplers.py) -----------------
+T, MU, S_DATA, N = 1000, 0.3, 0.5, 40_000
+
+
+def gaussian_eps(abar_all: torch.Tensor, mu: float, s: float):
+    """eps*(x_t, t) of data N(mu, s^2): sqrt(1 - abar) (x_t - sqrt(abar) mu) / (abar s^2 + 1 - abar)."""
+    def eps(x, t):
+        abar = abar_all[t].reshape(-1, 1, 1, 1)
+        return (1 - abar).sqrt() * (x - abar.sqrt() * mu) / (abar * s**2 + 1 - abar)
+    return eps
+
+
+def exact_predictor(prediction: str, abar_all: torch.Tensor, channels: int = 1, var_v: float | None = None):
+    """The exact x0 / v / eps predictor, written out from eps* (x0 = (x_t - sqrt(1-abar) eps) / sqrt(abar),
+    v = sqrt(abar) eps - sqrt(1 - abar) x0); var_v: the learned_range channel's constant value."""
+    eps_star = gaussian_eps(abar_all, MU, S_DATA)
+
+    def net(x, t):
+        abar = abar_all[t].reshape(-1, 1, 1, 1)
+        e = eps_star(x, t)
+        x0 = (x - (1 - abar).sqrt() * e) / abar.sqrt()
+        out = {"eps": e, "x0": x0, "v": abar.sqrt() * e - (1 - abar).sqrt() * x0}[prediction]
+        return out if var_v is None else torch.cat([out, torch.full_like(out, var_v)], 1)
+    return net
+
+
+def _samplers(d):
+    from ddpm.samplers import AncestralSampler, DDIMSampler, DPMSolverSampler
+    return {"ancestral-100": (AncestralSampler(d, clip_denoised=False, num_steps=100, progress=False), 0.015),
+            "ddim-100": (DDIMSampler(d, num_steps=100, eta=0.0, clip_denoised=False, progress=False), 0.015),
+            "dpm-solver++-20": (DPMSolverSampler(d, num_steps=20, spacing="logsnr", clip_denoised=False,
+                                                 progress=False), 0.012)}
+
+
+def _draw(sampler, net, n=N, seed=3):
+    g = torch.Generator().manual_seed(seed)
+    x_T = torch.randn(n, 1, 1, 1, generator=g, dtype=torch.float64)
+    return sampler.sample(net, x_T.shape, generator=g, noise=x_T).images.flatten()
+
+
+def test_x0_and_v_models_fed_the_exact_predictor_sample_the_data_distribution():
+    """Every sampler sees an x0- or v-model through the same conversion: the samples have the data's mean and
+    standard deviation (tolerances as in test_samplers.py: 5 standard errors plus the discretisation), and are
+    the eps-model's samples draw for draw (same noise)."""
+    for prediction in ("x0", "v"):
+        d = GaussianDiffusion(linear_betas(T).double(), "fixedlarge", prediction)
+        d_eps = GaussianDiffusion(linear_betas(T).double(), "fixedlarge", "eps")
+        for name, (sampler, tol) in _samplers(d).items():
+            out = _draw(sampler, exact_predictor(prediction, d.alphas_cumprod))
+            assert abs(out.mean().item() - MU) < 5 * S_DATA / math.sqrt(N) + tol, (prediction, name)
+            assert abs(out.std().item() - S_DATA) < 5 * S_DATA / math.sqrt(2 * N) + tol, (prediction, name)
+            ref = _draw(_samplers(d_eps)[name][0], exact_predictor("eps", d.alphas_cumprod))
+            torch.testing.assert_close(out, ref, rtol=1e-6, atol=1e-6)
+
+
+def test_learned_range_at_frac_1_and_0_samples_as_fixedlarge_and_fixedsmall_also_respaced():
+    """v = 1 (frac = 1) is sigma^2 = beta'_i, v = -1 is beta_tilde'_i of the respaced chain: draw for draw the
+    fixed-variance samplers; DDIM ignores the variance channels."""
+    from ddpm.samplers import AncestralSampler, DDIMSampler
+
+    betas = linear_betas(T).double()
+    learned = GaussianDiffusion(betas, "learned_range")
+    abar = learned.alphas_cumprod
+    for v, fixed in ((1.0, "fixedlarge"), (-1.0, "fixedsmall")):
+        for steps in (None, 50):
+            got = _draw(AncestralSampler(learned, num_steps=steps, progress=False), exact_predictor("eps", abar, 1, v),
+                        n=256)
+            want = _draw(AncestralSampler(GaussianDiffusion(betas, fixed), num_steps=steps, progress=False),
+                         exact_predictor("eps", abar), n=256)
+            torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-9)
+    got = _draw(DDIMSampler(learned, num_steps=20, progress=False), exact_predictor("eps", abar, 1, 0.3), n=256)
+    want = _draw(DDIMSampler(GaussianDiffusion(betas), num_steps=20, progress=False), exact_predictor("eps", abar),
+                 n=256)
+    torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-9)
+
+
+def test_guided_gaussian_mixture_toy_samples_each_class_and_null_samples_the_mixture():
+    """Two classes N(-1, 0.3^2), N(+1, 0.3^2), equal weights. Closed forms: class eps*_c as above; the
+    unconditional eps* = sum_c r_c(x_t) eps*_c with r_c the posterior of class c given x_t. w = 0 samples each
+    class exactly (mean, std within 5 standard errors + discretisation); guided (w = 1, 3) samples land on their
+    class's side with the mean near the class mean (guidance pushes them outwards by under 0.15: measured 0.06
+    and 0.11 with this sampler); the null label samples the mixture (mean 0, std sqrt(1 + 0.3^2))."""
+    from ddpm.samplers import AncestralSampler
+
+    means, s, n = (-1.0, 1.0), 0.3, 20_000
+    d = GaussianDiffusion(linear_betas(T).double())
+    abar_all = d.alphas_cumprod
+    class_eps = [gaussian_eps(abar_all, m, s) for m in means]
+
+    def net(x, t, y):
+        abar = abar_all[t].reshape(-1, 1, 1, 1)
+        logp = torch.stack([-(x - abar.sqrt() * m) ** 2 for m in means]) / (2 * (abar * s**2 + 1 - abar))
+        r = torch.softmax(logp, 0)  # p(c | x_t), equal priors and variances
+        eps_c = [f(x, t) for f in class_eps]
+        y = y.reshape(-1, 1, 1, 1)
+        return torch.where(y == 2, r[0] * eps_c[0] + r[1] * eps_c[1], torch.where(y == 0, eps_c[0], eps_c[1]))
+
+    sampler = AncestralSampler(d, clip_denoised=False, num_steps=100, progress=False)
+    labels = torch.arange(n) % 2
+    se_mean, se_std = 5 * s / math.sqrt(n / 2), 5 * s / math.sqrt(n)
+    for w in (0.0, 1.0, 3.0):
+        out = sampler.sample(guided(net, labels, 2, w, 1), (n, 1, 1, 1), torch.Generator().manual_seed(0)).images
+        for c, m in enumerate(means):
+            x = out.flatten()[labels == c]
+            on_side = ((x > 0) == (m > 0)).double().mean().item()
+            if w == 0:
+                assert abs(x.mean().item() - m) < se_mean + 0.01 and abs(x.std().item() - s) < se_std + 0.02
+                assert on_side > 0.995
+            else:
+                assert 0 < (x.mean().item() - m) * m < 0.15 and on_side == 1.0, (w, c, x.mean().item(), on_side)
+    null = sampler.sample(guided(net, torch.full((n,), 2), 2, 0.0, 1), (n, 1, 1, 1),
+                          torch.Generator().manual_seed(1)).images.flatten()
+    assert abs(null.mean().item()) < 5 * math.sqrt(1 + s**2) / math.sqrt(n) + 0.01
+    assert abs(null.std().item() - math.sqrt(1 + s**2)) < 0.02
+    assert abs((null > 0).double().mean().item() - 0.5) < 4 * math.sqrt(0.25 / n)

@@ -1,0 +1,94 @@
+#!/usr/bin/env bash
+# Beyond DDPM, measured on one GPU (issue 13's acceptance): three Fashion-MNIST runs trained side by side at the
+# same budget, then their evaluations.
+#   cfg:     experiment=cfg_fashion_mnist (class-conditional, label dropout 0.1) -> guidance.py: FID and class
+#            accuracy for w in {0, 0.5, 1, 2, 4} and for the null label, per-class grids
+#   fixed:   the same unconditional U-Net with DDPM's fixed variance (fixedlarge, L_simple)
+#   learned: the same with Improved DDPM's learned_range variance and L_hybrid (vlb_weight 0.001)
+#            -> eval.py on both: bits/dim (the exact T-step bound) and FID of respaced ancestral at 50 / 100 steps
+# Use:   OUT=<dir> bash benchmarks/beyond_ddpm.sh | tee <dir>/run.log     (GPU; the numbers are printed, logs in $RUNS/logs)
+# Smoke test on a CPU:  OUT=/tmp/b STEPS=20 N=64 BPD=4 BATCH=64 DEVICE="trainer.accelerator=cpu trainer.precision=32-true" bash benchmarks/beyond_ddpm.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:?set OUT to a folder for the logs}
+RUNS=${RUNS:-/tmp/beyond_ddpm_runs}
+STEPS=${STEPS:-6000}   # optimizer steps of every run (batch 128)
+N=${N:-2000}           # samples per FID
+BPD=${BPD:-1000}       # held-out images for bits/dim
+BATCH=${BATCH:-1000}
+DEVICE=${DEVICE:-trainer=gpu}
+EVAL_PERF=${EVAL_PERF:-cpu}   # evaluations eager fp32 (no compilation per process); training uses perf=auto
+SOURCE_DIR=${SOURCE_DIR:-/usr/share/datasets/fashion-mnist}   # Debian's dataset-fashion-mnist
+LOGS=$RUNS/logs   # every log; $OUT gets the summary (stdout), three grids and the sample PNGs (8 files at most)
+mkdir -p "$OUT" "$RUNS" "$LOGS"
+common=(logger=none $DEVICE data.source_dir="$SOURCE_DIR" trainer.max_steps="$STEPS" trainer.val_check_interval="$STEPS"
+        callbacks.model_checkpoint.every_n_train_steps="$STEPS" callbacks.sample_eval.bpd_images=0 ${EXTRA:-})
+train() {  # name, overrides...
+  local name=$1; shift
+  python3 train.py hydra.run.dir="$RUNS/$name" "${common[@]}" "$@" > "$LOGS/train_$name.log" 2>&1 \
+    || { echo "training $name failed:"; tail -30 "$LOGS/train_$name.log"; return 1; }
+  echo "trained $name: $(tr -d ' \n' < "$RUNS/$name/metrics.json")"
+}
+uncond=(experiment=ddpm_fashion_mnist optimizer.lr=5e-4 module.ema_decay=0.999 module.lr_warmup_steps=500
+        callbacks.sample_eval.every_n_validations=1 callbacks.sample_eval.fid_samples=256)
+start=$SECONDS
+# The feature classifier and the FID reference statistics, once (cached in cache/), before the parallel runs
+python3 - "$SOURCE_DIR" <<'PY'
+import sys
+from pathlib import Path
+
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
+
+from ddpm.config import to_plain
+from ddpm.metrics import SampleMetrics
+
+with initialize_config_dir(config_dir=str(Path("conf").resolve()), version_base="1.3"):
+    cfg = compose(config_name="train", overrides=["experiment=ddpm_fashion_mnist", "paths.output_dir=.",
+                                                   f"data.source_dir={sys.argv[1]}"])
+dm = instantiate(cfg.data)
+dm.check()
+SampleMetrics(**to_plain(cfg.fid)).prepare(dm, "cuda" if torch.cuda.is_available() else "cpu")
+PY
+echo "feature classifier and reference statistics ready after $((SECONDS - start)) s"
+train cfg experiment=cfg_fashion_mnist & p1=$!
+train fixed "${uncond[@]}" module.variance_type=fixedlarge & p2=$!
+train learned "${uncond[@]}" module.variance_type=learned_range & p3=$!
+wait $p1 && wait $p2 && wait $p3
+echo "three runs trained side by side in $((SECONDS - start)) s"
+
+python3 benchmarks/guidance.py "$RUNS/cfg/checkpoints/last.ckpt" --n "$N" --batch "$BATCH" --grids "$RUNS/grids" \
+  --perf "$EVAL_PERF" 2> "$LOGS/guidance.log"
+cp "$RUNS"/grids/guidance_w{0,1,4}.png "$OUT"/
+echo "guidance table after $((SECONDS - start)) s"
+
+evaluate() {  # name: bits/dim, then FID of the respaced ancestral chain at 50 and 100 steps
+  local name=$1 ckpt=$RUNS/$1/checkpoints/last.ckpt
+  python3 eval.py ckpt_path="$ckpt" logger=none perf="$EVAL_PERF" hydra.run.dir="$RUNS/eval_${name}_bpd" \
+    'metrics=[bpd]' bpd_images="$BPD" batch_size="$BATCH" n_samples=8 > "$LOGS/eval_${name}_bpd.log" 2>&1
+  for s in 50 100; do
+    python3 eval.py ckpt_path="$ckpt" logger=none perf="$EVAL_PERF" hydra.run.dir="$RUNS/eval_${name}_$s" \
+      'metrics=[fid]' sampler=ancestral sampler.num_steps="$s" n_samples="$N" batch_size="$BATCH" \
+      > "$LOGS/eval_${name}_$s.log" 2>&1
+  done
+  cp "$RUNS/eval_${name}_50/samples.png" "$OUT/samples_${name}_50.png"
+}
+evaluate fixed & p1=$!
+evaluate learned & p2=$!
+wait $p1 && wait $p2
+python3 - "$RUNS" <<'PY'
+import json
+import sys
+from pathlib import Path
+
+runs = Path(sys.argv[1])
+print("| variance (loss) | bits/dim (n) | fid_classifier, 50 respaced steps | 100 steps |")
+print("|---|---|---|---|")
+for name, what in (("fixed", "fixedlarge (L_simple)"), ("learned", "learned_range (L_hybrid)")):
+    b, f50, f100 = (json.loads((runs / f"eval_{name}_{s}" / "metrics.json").read_text()) for s in ("bpd", 50, 100))
+    print(f"| {what} | {b['bpd']:.3f} ({b['bpd_n']}) | {f50['fid_classifier']:.3f} | {f100['fid_classifier']:.3f} |")
+    for r in (b, f50, f100):
+        print(json.dumps(r))
+PY
+echo "total $((SECONDS - start)) s"
