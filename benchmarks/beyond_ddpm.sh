@@ -14,9 +14,10 @@ OUT=${OUT:?set OUT to a folder for the logs}
 RUNS=${RUNS:-/tmp/beyond_ddpm_runs}
 STEPS=${STEPS:-6000}   # optimizer steps of every run (batch 128)
 N=${N:-2000}           # samples per FID
-BPD=${BPD:-1000}       # held-out images for bits/dim
+BPD=${BPD:-1000}       # held-out images for bits/dim (0: skip)
 BATCH=${BATCH:-1000}
 DEVICE=${DEVICE:-trainer=gpu}
+PARTS=${PARTS:-cfg variance}   # "variance": only the fixed / learned pair (e.g. another seed: EXTRA=seed=1)
 EVAL_PERF=${EVAL_PERF:-cpu}   # evaluations eager fp32 (no compilation per process); training uses perf=auto
 SOURCE_DIR=${SOURCE_DIR:-/usr/share/datasets/fashion-mnist}   # Debian's dataset-fashion-mnist
 LOGS=$RUNS/logs   # every log; $OUT gets the summary (stdout), three grids and the sample PNGs (8 files at most)
@@ -52,21 +53,26 @@ dm.check()
 SampleMetrics(**to_plain(cfg.fid)).prepare(dm, "cuda" if torch.cuda.is_available() else "cpu")
 PY
 echo "feature classifier and reference statistics ready after $((SECONDS - start)) s"
-train cfg experiment=cfg_fashion_mnist & p1=$!
-train fixed "${uncond[@]}" module.variance_type=fixedlarge & p2=$!
-train learned "${uncond[@]}" module.variance_type=learned_range & p3=$!
-wait $p1 && wait $p2 && wait $p3
-echo "three runs trained side by side in $((SECONDS - start)) s"
+pids=()
+[[ $PARTS == *cfg* ]] && { train cfg experiment=cfg_fashion_mnist & pids+=($!); }
+[[ $PARTS == *variance* ]] && { train fixed "${uncond[@]}" module.variance_type=fixedlarge & pids+=($!);
+                               train learned "${uncond[@]}" module.variance_type=learned_range & pids+=($!); }
+for p in "${pids[@]}"; do wait "$p"; done
+echo "${#pids[@]} runs trained side by side in $((SECONDS - start)) s"
 
-python3 benchmarks/guidance.py "$RUNS/cfg/checkpoints/last.ckpt" --n "$N" --batch "$BATCH" --grids "$RUNS/grids" \
-  --perf "$EVAL_PERF" 2> "$LOGS/guidance.log"
-cp "$RUNS"/grids/guidance_w{0,1,4}.png "$OUT"/
-echo "guidance table after $((SECONDS - start)) s"
+if [[ $PARTS == *cfg* ]]; then
+  python3 benchmarks/guidance.py "$RUNS/cfg/checkpoints/last.ckpt" --n "$N" --batch "$BATCH" --grids "$RUNS/grids" \
+    --perf "$EVAL_PERF" 2> "$LOGS/guidance.log"
+  cp "$RUNS"/grids/guidance_w{0,1,4}.png "$OUT"/
+  echo "guidance table after $((SECONDS - start)) s"
+fi
+[[ $PARTS == *variance* ]] || exit 0
 
 evaluate() {  # name: bits/dim, then FID of the respaced ancestral chain at 50 and 100 steps
   local name=$1 ckpt=$RUNS/$1/checkpoints/last.ckpt
-  python3 eval.py ckpt_path="$ckpt" logger=none perf="$EVAL_PERF" hydra.run.dir="$RUNS/eval_${name}_bpd" \
-    'metrics=[bpd]' bpd_images="$BPD" batch_size="$BATCH" n_samples=8 > "$LOGS/eval_${name}_bpd.log" 2>&1
+  [[ $BPD == 0 ]] || python3 eval.py ckpt_path="$ckpt" logger=none perf="$EVAL_PERF" \
+    hydra.run.dir="$RUNS/eval_${name}_bpd" 'metrics=[bpd]' bpd_images="$BPD" batch_size="$BATCH" n_samples=8 \
+    > "$LOGS/eval_${name}_bpd.log" 2>&1
   for s in 50 100; do
     python3 eval.py ckpt_path="$ckpt" logger=none perf="$EVAL_PERF" hydra.run.dir="$RUNS/eval_${name}_$s" \
       'metrics=[fid]' sampler=ancestral sampler.num_steps="$s" n_samples="$N" batch_size="$BATCH" \
@@ -86,7 +92,9 @@ runs = Path(sys.argv[1])
 print("| variance (loss) | bits/dim (n) | fid_classifier, 50 respaced steps | 100 steps |")
 print("|---|---|---|---|")
 for name, what in (("fixed", "fixedlarge (L_simple)"), ("learned", "learned_range (L_hybrid)")):
-    b, f50, f100 = (json.loads((runs / f"eval_{name}_{s}" / "metrics.json").read_text()) for s in ("bpd", 50, 100))
+    f50, f100 = (json.loads((runs / f"eval_{name}_{s}" / "metrics.json").read_text()) for s in (50, 100))
+    bpd_file = runs / f"eval_{name}_bpd" / "metrics.json"
+    b = json.loads(bpd_file.read_text()) if bpd_file.is_file() else {"bpd": float("nan"), "bpd_n": 0}
     print(f"| {what} | {b['bpd']:.3f} ({b['bpd_n']}) | {f50['fid_classifier']:.3f} | {f100['fid_classifier']:.3f} |")
     for r in (b, f50, f100):
         print(json.dumps(r))
