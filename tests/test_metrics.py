@@ -44,7 +44,10 @@ def test_reference_statistics_are_cached_and_keyed(prepared, cache):
 
 def test_classifier_is_accurate_and_cached(prepared, cache):
     m, _ = prepared
-    blob = torch.load(cache / "classifiers" / "digits_8px_1ch.pt", weights_only=True)
+    path = m.classifier_path(digits())
+    assert path.parent == cache / "classifiers" and path.name.startswith("digits_8px_1ch_")  # a non-default config
+    assert SampleMetrics(cache_dir=str(cache)).classifier_path(digits()).name == "digits_8px_1ch.pt"  # the default
+    blob = torch.load(path, weights_only=True)
     assert blob["meta"]["val_accuracy"] > 0.85
     assert isinstance(m.net, ClassifierFeatures) and not m.net.training
     assert not any(p.requires_grad for p in m.net.parameters())

@@ -13,8 +13,9 @@ counts them once.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -82,7 +83,11 @@ class SampleMetrics:
 
     # ----- set-up ------------------------------------------------------------------------------
     def classifier_path(self, datamodule) -> Path:
-        return Path(self.cache_dir) / "classifiers" / f"{_data_key(datamodule)}.pt"
+        """Keyed by the data and, unless it is the default, the classifier's training config: a changed
+        fid.classifier.* trains a new classifier instead of silently reusing the cached one."""
+        key = "" if self.classifier == ClassifierTraining() else "_" + hashlib.sha256(
+            json.dumps(asdict(self.classifier), sort_keys=True).encode()).hexdigest()[:8]
+        return Path(self.cache_dir) / "classifiers" / f"{_data_key(datamodule)}{key}.pt"
 
     def feature_network(self, datamodule) -> nn.Module:
         """The feature network; the classifier is trained here on first use and cached."""
