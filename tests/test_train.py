@@ -87,6 +87,25 @@ def test_checkpoint_reloads_and_samples(trained):
     assert a.min() >= -1.5 and torch.isfinite(a).all()
 
 
+def test_checkpoint_from_before_learned_variance_and_guidance_samples_unchanged(trained, tmp_path):
+    """A checkpoint saved before prediction / vlb_weight / cond_drop_prob / model.num_classes existed (its
+    hyperparameters lack them) loads with DDPM's defaults and samples exactly what today's checkpoint samples."""
+    _, out = trained
+    ckpt = torch.load(out / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert {"prediction", "vlb_weight", "cond_drop_prob"} <= set(ckpt["hyper_parameters"])
+    assert "num_classes" in ckpt["hyper_parameters"]["model"]
+    old = dict(ckpt, hyper_parameters={k: v for k, v in ckpt["hyper_parameters"].items()
+                                       if k not in ("prediction", "vlb_weight", "cond_drop_prob")})
+    old["hyper_parameters"]["model"] = {k: v for k, v in old["hyper_parameters"]["model"].items() if k != "num_classes"}
+    torch.save(old, tmp_path / "old.ckpt")
+    now, before = (DiffusionModule.load_from_checkpoint(p, map_location="cpu", weights_only=True)
+                   for p in (out / "checkpoints" / "last.ckpt", tmp_path / "old.ckpt"))
+    assert before.num_classes is None and before.diffusion.prediction == "eps"
+    assert before.diffusion.variance_type == now.diffusion.variance_type == "fixedlarge"
+    now.sampler.progress = before.sampler.progress = False
+    assert torch.equal(now.sample(4, seed=3).images, before.sample(4, seed=3).images)
+
+
 def test_resume_from_last_ckpt_continues_steps(trained, tmp_path):
     _, out = trained
     proc = run_cli([*FAST, "logger=csv", "trainer.max_steps=40", f"ckpt_path={out / 'checkpoints' / 'last.ckpt'}"],
