@@ -47,6 +47,14 @@ def test_classifier_is_accurate_and_cached(prepared, cache):
     path = m.classifier_path(digits())
     assert path.parent == cache / "classifiers" and path.name.startswith("digits_8px_1ch_")  # a non-default config
     assert SampleMetrics(cache_dir=str(cache)).classifier_path(digits()).name == "digits_8px_1ch.pt"  # the default
+    from omegaconf import OmegaConf  # as Hydra passes it: a DictConfig; conf/fid's values are the default ones
+
+    from tests.conftest import ROOT
+    hydra_default = OmegaConf.load(ROOT / "conf" / "fid" / "classifier.yaml").classifier
+    assert SampleMetrics(cache_dir=str(cache), classifier=hydra_default).classifier_path(digits()).name == \
+        "digits_8px_1ch.pt"
+    assert SampleMetrics(cache_dir=str(cache), classifier=OmegaConf.create(FAST_CLASSIFIER)).classifier_path(
+        digits()) == path
     blob = torch.load(path, weights_only=True)
     assert blob["meta"]["val_accuracy"] > 0.85
     assert isinstance(m.net, ClassifierFeatures) and not m.net.training

@@ -68,8 +68,8 @@ class SampleMetrics:
         if self.feature != "inception" and self.name in ("fid", "kid", "inception_score"):
             raise ValueError(f"fid.name={self.name!r} is reserved for the Inception network; "
                              "name the classifier metric differently (e.g. fid_classifier)")
-        if isinstance(self.classifier, dict):
-            self.classifier = ClassifierTraining(**self.classifier)
+        if not isinstance(self.classifier, ClassifierTraining):  # a dict, or Hydra's DictConfig
+            self.classifier = ClassifierTraining(**dict(self.classifier))
         self.fid = self.kid_metric = self.is_metric = self.accuracy = None
         self._labelled = False  # class accuracy is reported once samples with labels were fed
         self.net: nn.Module | None = None
