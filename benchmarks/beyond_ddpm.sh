@@ -5,9 +5,10 @@
 #            accuracy for w in {0, 0.5, 1, 2, 4} and for the null label, per-class grids
 #   fixed:   the same unconditional U-Net with DDPM's fixed variance (fixedlarge, L_simple)
 #   learned: the same with Improved DDPM's learned_range variance and L_hybrid (vlb_weight 0.001)
-#            -> eval.py on both: bits/dim (the exact T-step bound) and FID of respaced ancestral at 50 / 100 steps
+#            -> on both: bits/dim (eval.py, the exact T-step bound) and FID of the respaced ancestral chain
+#            at $FID_STEPS steps (samplers.py fid --ancestral)
 # Use:   OUT=<dir> bash benchmarks/beyond_ddpm.sh | tee <dir>/run.log     (GPU; the numbers are printed, logs in $RUNS/logs)
-# Smoke test on a CPU:  OUT=/tmp/b STEPS=20 N=64 BPD=4 BATCH=64 DEVICE="trainer.accelerator=cpu trainer.precision=32-true" bash benchmarks/beyond_ddpm.sh
+# Smoke test on a CPU:  OUT=/tmp/b STEPS=20 N=64 BPD=4 BATCH=64 FID_STEPS="10 20" DEVICE="trainer.accelerator=cpu trainer.precision=32-true" bash benchmarks/beyond_ddpm.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:?set OUT to a folder for the logs}
@@ -16,11 +17,12 @@ STEPS=${STEPS:-6000}   # optimizer steps of every run (batch 128)
 N=${N:-2000}           # samples per FID
 BPD=${BPD:-1000}       # held-out images for bits/dim (0: skip)
 BATCH=${BATCH:-1000}
+FID_STEPS=${FID_STEPS:-25 50 100 200}   # respaced ancestral step counts for the fixed / learned FID
 DEVICE=${DEVICE:-trainer=gpu}
 PARTS=${PARTS:-cfg variance}   # "variance": only the fixed / learned pair (e.g. another seed: EXTRA=seed=1)
 EVAL_PERF=${EVAL_PERF:-cpu}   # evaluations eager fp32 (no compilation per process); training uses perf=auto
 SOURCE_DIR=${SOURCE_DIR:-/usr/share/datasets/fashion-mnist}   # Debian's dataset-fashion-mnist
-LOGS=$RUNS/logs   # every log; $OUT gets the summary (stdout), three grids and the sample PNGs (8 files at most)
+LOGS=$RUNS/logs   # every log; $OUT gets the three guidance grids (the summary is stdout)
 mkdir -p "$OUT" "$RUNS" "$LOGS"
 common=(logger=none $DEVICE data.source_dir="$SOURCE_DIR" trainer.max_steps="$STEPS" trainer.val_check_interval="$STEPS"
         callbacks.model_checkpoint.every_n_train_steps="$STEPS" callbacks.sample_eval.bpd_images=0 ${EXTRA:-})
@@ -68,35 +70,37 @@ if [[ $PARTS == *cfg* ]]; then
 fi
 [[ $PARTS == *variance* ]] || exit 0
 
-evaluate() {  # name: bits/dim, then FID of the respaced ancestral chain at 50 and 100 steps
+evaluate() {  # name: bits/dim, then FID of the respaced ancestral chain at each of $FID_STEPS steps
   local name=$1 ckpt=$RUNS/$1/checkpoints/last.ckpt
   [[ $BPD == 0 ]] || python3 eval.py ckpt_path="$ckpt" logger=none perf="$EVAL_PERF" \
     hydra.run.dir="$RUNS/eval_${name}_bpd" 'metrics=[bpd]' bpd_images="$BPD" batch_size="$BATCH" n_samples=8 \
     > "$LOGS/eval_${name}_bpd.log" 2>&1
-  for s in 50 100; do
-    python3 eval.py ckpt_path="$ckpt" logger=none perf="$EVAL_PERF" hydra.run.dir="$RUNS/eval_${name}_$s" \
-      'metrics=[fid]' sampler=ancestral sampler.num_steps="$s" n_samples="$N" batch_size="$BATCH" \
-      > "$LOGS/eval_${name}_$s.log" 2>&1
-  done
-  cp "$RUNS/eval_${name}_50/samples.png" "$OUT/samples_${name}_50.png"
+  python3 benchmarks/samplers.py fid "$ckpt" --ancestral $FID_STEPS --n "$N" --batch "$BATCH" --no-warmup \
+    --perf "$EVAL_PERF" > "$LOGS/fid_$name.log" 2> "$LOGS/fid_$name.err"
 }
 evaluate fixed & p1=$!
 evaluate learned & p2=$!
 wait $p1 && wait $p2
-python3 - "$RUNS" <<'PY'
+python3 - "$RUNS" "$LOGS" <<'PY'
 import json
 import sys
 from pathlib import Path
 
-runs = Path(sys.argv[1])
-print("| variance (loss) | bits/dim (n) | fid_classifier, 50 respaced steps | 100 steps |")
-print("|---|---|---|---|")
-for name, what in (("fixed", "fixedlarge (L_simple)"), ("learned", "learned_range (L_hybrid)")):
-    f50, f100 = (json.loads((runs / f"eval_{name}_{s}" / "metrics.json").read_text()) for s in (50, 100))
+runs, logs = Path(sys.argv[1]), Path(sys.argv[2])
+table = {}
+for name in ("fixed", "learned"):
+    rows = [json.loads(line) for line in (logs / f"fid_{name}.log").read_text().splitlines() if line.startswith("{")]
     bpd_file = runs / f"eval_{name}_bpd" / "metrics.json"
-    b = json.loads(bpd_file.read_text()) if bpd_file.is_file() else {"bpd": float("nan"), "bpd_n": 0}
-    print(f"| {what} | {b['bpd']:.3f} ({b['bpd_n']}) | {f50['fid_classifier']:.3f} | {f100['fid_classifier']:.3f} |")
-    for r in (b, f50, f100):
+    bpd = json.loads(bpd_file.read_text()) if bpd_file.is_file() else {"bpd": float("nan"), "bpd_n": 0}
+    table[name] = bpd, {r["nfe"]: r for r in rows}
+    for r in (bpd, *rows):
         print(json.dumps(r))
+steps = list(table["fixed"][1])
+fid = next(k for k in table["fixed"][1][steps[0]] if k.startswith("fid_") and not k.endswith("_n"))
+print(f"| variance (loss) | bits/dim (n) | " + " | ".join(f"{fid}, {s} respaced steps" for s in steps) + " |")
+print("|---" * (2 + len(steps)) + "|")
+for name, what in (("fixed", "fixedlarge (L_simple)"), ("learned", "learned_range (L_hybrid)")):
+    bpd, rows = table[name]
+    print(f"| {what} | {bpd['bpd']:.3f} ({bpd['bpd_n']}) | " + " | ".join(f"{rows[s][fid]:.3f}" for s in steps) + " |")
 PY
 echo "total $((SECONDS - start)) s"

@@ -57,9 +57,7 @@ def main() -> None:
     p.add_argument("--perf", default=None, help="an execution plan of conf/perf (default: the checkpoint's)")
     args = p.parse_args()
 
-    module, dm, metrics = load(args.ckpt)
-    if args.perf:
-        module.set_perf(OmegaConf.to_container(OmegaConf.load(ROOT / "conf" / "perf" / f"{args.perf}.yaml")))
+    module, dm, metrics = load(args.ckpt, args.perf)
     if module.num_classes is None:
         raise SystemExit(f"{args.ckpt} is not class-conditional (model.num_classes is null)")
     overrides = {"num_steps": args.steps} | ({"eta": args.eta} if args.sampler == "ddim" else {})

@@ -1,6 +1,7 @@
 """Samplers on a trained checkpoint: FID against network evaluations (NFE), and how long 50,000 samples take.
 
     python benchmarks/samplers.py fid CKPT [--n 2000] [--batch 1000]        # the FID-vs-NFE table
+    python benchmarks/samplers.py fid CKPT --ancestral 25 50 100 --no-warmup  # only respaced ancestral chains
     python benchmarks/samplers.py diffusers [--n 10000] [--nfe 20]            # diffusers' DDIM / DPM-Solver++
 
 `fid` draws `n` samples per setting from the EMA weights (same seeds for every setting), with the data set and
@@ -38,11 +39,12 @@ def sync() -> None:
         torch.cuda.synchronize()
 
 
-def load(ckpt: Path):
+def load(ckpt: Path, perf: str | None = None):
     """The checkpoint's EMA module on the GPU (else CPU), its run's data module and the eval config's metrics
-    (prepared: feature network and reference statistics)."""
+    (prepared: feature network and reference statistics). perf: a conf/perf plan name instead of the run's."""
     from hydra import compose, initialize_config_dir
     from hydra.utils import instantiate
+    from omegaconf import OmegaConf
 
     from ddpm.config import to_plain
     from ddpm.evaluate import run_config
@@ -51,6 +53,8 @@ def load(ckpt: Path):
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     module = DiffusionModule.load_from_checkpoint(ckpt, map_location="cpu", weights_only=True).to(device)
+    if perf:
+        module.set_perf(OmegaConf.to_container(OmegaConf.load(ROOT / "conf" / "perf" / f"{perf}.yaml")))
     dm = instantiate(run_config(ckpt).data)
     dm.check()
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
@@ -62,18 +66,20 @@ def load(ckpt: Path):
     return module, dm, metrics
 
 
-def fid_table(ckpt: Path, n: int, batch: int, seed: int) -> None:
+def fid_table(ckpt: Path, n: int, batch: int, seed: int, settings: list = SETTINGS, warmup: bool = True,
+              perf: str | None = None) -> None:
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
     from ddpm.evaluation import draw_samples
 
-    module, dm, metrics = load(ckpt)
+    module, dm, metrics = load(ckpt, perf)
     rows = []
-    for name, overrides in SETTINGS:
+    for name, overrides in settings:
         sampler_cfg = OmegaConf.merge(OmegaConf.load(ROOT / "conf" / "sampler" / f"{name}.yaml"), overrides)
         sampler = instantiate(sampler_cfg, diffusion=module.diffusion, progress=False)
-        module.sample(min(batch, n), seed=seed, sampler=sampler)  # untimed: compilation and graph capture
+        if warmup:  # untimed: compilation and graph capture
+            module.sample(min(batch, n), seed=seed, sampler=sampler)
         sync()
         start = time.perf_counter()
         samples = draw_samples(module, n, batch, seed, 0, 1, keep=n, to_eval=dm.to_eval, sampler=sampler)
@@ -86,7 +92,7 @@ def fid_table(ckpt: Path, n: int, batch: int, seed: int) -> None:
         rows.append(row)
         print(json.dumps(row), flush=True)
     base = rows[0][metrics.fid_name]
-    print(f"\n| sampler | NFE | {metrics.fid_name} (n={n}) | vs 1000-step ancestral | s per 50k samples |")
+    print(f"\n| sampler | NFE | {metrics.fid_name} (n={n}) | vs {rows[0]['sampler']} | s per 50k samples |")
     print("|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['sampler']} | {r['nfe']} | {r[metrics.fid_name]:.3f} | {r[metrics.fid_name] / base - 1:+.1%} | "
@@ -133,13 +139,19 @@ def main() -> None:
     f.add_argument("--n", type=int, default=2000)
     f.add_argument("--batch", type=int, default=1000)
     f.add_argument("--seed", type=int, default=0)
+    f.add_argument("--ancestral", type=int, nargs="+", metavar="S",
+                   help="only the respaced ancestral chain at these step counts (default: the whole table)")
+    f.add_argument("--warmup", action=argparse.BooleanOptionalAction, default=True,
+                   help="one untimed batch per setting first (compilation, CUDA graphs); off for eager runs")
+    f.add_argument("--perf", default=None, help="an execution plan of conf/perf (default: the checkpoint's)")
     d = sub.add_parser("diffusers")
     d.add_argument("--n", type=int, default=10_000)
     d.add_argument("--nfe", type=int, default=20)
     d.add_argument("--batch", type=int, default=1250)
     args = p.parse_args()
     if args.what == "fid":
-        fid_table(args.ckpt, args.n, args.batch, args.seed)
+        settings = [("ancestral", {"num_steps": s}) for s in args.ancestral] if args.ancestral else SETTINGS
+        fid_table(args.ckpt, args.n, args.batch, args.seed, settings, args.warmup, args.perf)
     else:
         diffusers_speed(args.n, args.nfe, args.batch)
 
