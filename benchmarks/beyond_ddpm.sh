@@ -7,6 +7,9 @@
 #   learned: the same with Improved DDPM's learned_range variance and L_hybrid (vlb_weight 0.001)
 #            -> on both: bits/dim (eval.py, the exact T-step bound) and FID of the respaced ancestral chain
 #            at $FID_STEPS steps (samplers.py fid --ancestral)
+#            -> ablation: the learned network sampled with its variance head replaced by frac = 1 (sigma^2 = beta',
+#            fixedlarge) and frac = 0 (beta_tilde', fixedsmall), $FRACS: the variance's share of the FID gap
+#            apart from what L_hybrid did to the mean
 # Use:   OUT=<dir> bash benchmarks/beyond_ddpm.sh | tee <dir>/run.log     (GPU; the numbers are printed, logs in $RUNS/logs)
 # Smoke test on a CPU:  OUT=/tmp/b STEPS=20 N=64 BPD=4 BATCH=64 FID_STEPS="10 20" DEVICE="trainer.accelerator=cpu trainer.precision=32-true" bash benchmarks/beyond_ddpm.sh
 set -euo pipefail
@@ -18,6 +21,7 @@ N=${N:-2000}           # samples per FID
 BPD=${BPD:-1000}       # held-out images for bits/dim (0: skip)
 BATCH=${BATCH:-1000}
 FID_STEPS=${FID_STEPS:-25 50 100 200}   # respaced ancestral step counts for the fixed / learned FID
+FRACS=${FRACS-1 0}    # the learned network with a constant frac (ablation; empty: none)
 DEVICE=${DEVICE:-trainer=gpu}
 PARTS=${PARTS:-cfg variance}   # "variance": only the fixed / learned pair (e.g. another seed: EXTRA=seed=1)
 EVAL_PERF=${EVAL_PERF:-cpu}   # evaluations eager fp32 (no compilation per process); training uses perf=auto
@@ -78,29 +82,39 @@ evaluate() {  # name: bits/dim, then FID of the respaced ancestral chain at each
   python3 benchmarks/samplers.py fid "$ckpt" --ancestral $FID_STEPS --n "$N" --batch "$BATCH" --no-warmup \
     --perf "$EVAL_PERF" > "$LOGS/fid_$name.log" 2> "$LOGS/fid_$name.err"
 }
-evaluate fixed & p1=$!
-evaluate learned & p2=$!
-wait $p1 && wait $p2
-python3 - "$RUNS" "$LOGS" <<'PY'
+ablate() {  # frac: FID of the learned network with its variance head replaced by the constant frac
+  python3 benchmarks/samplers.py fid "$RUNS/learned/checkpoints/last.ckpt" --ancestral $FID_STEPS --frac "$1" \
+    --n "$N" --batch "$BATCH" --no-warmup --perf "$EVAL_PERF" > "$LOGS/fid_learned_frac$1.log" 2> "$LOGS/fid_learned_frac$1.err"
+}
+pids=()
+evaluate fixed & pids+=($!)
+evaluate learned & pids+=($!)
+for f in $FRACS; do ablate "$f" & pids+=($!); done
+for p in "${pids[@]}"; do wait "$p"; done
+python3 - "$RUNS" "$LOGS" $FRACS <<'PY'
 import json
 import sys
 from pathlib import Path
 
 runs, logs = Path(sys.argv[1]), Path(sys.argv[2])
+names = {"fixed": "fixedlarge (L_simple)", "learned": "learned_range (L_hybrid)"}
+names.update({f"learned_frac{f}": f"the learned_range network, frac = {f} ("
+              + {"1": "beta'", "0": "beta_tilde'"}.get(f, "constant") + ")" for f in sys.argv[3:]})
 table = {}
-for name in ("fixed", "learned"):
+for name in names:
     rows = [json.loads(line) for line in (logs / f"fid_{name}.log").read_text().splitlines() if line.startswith("{")]
     bpd_file = runs / f"eval_{name}_bpd" / "metrics.json"
     bpd = json.loads(bpd_file.read_text()) if bpd_file.is_file() else {"bpd": float("nan"), "bpd_n": 0}
     table[name] = bpd, {r["nfe"]: r for r in rows}
-    for r in (bpd, *rows):
+    for r in ([bpd] if bpd["bpd_n"] else []) + rows:
         print(json.dumps(r))
 steps = list(table["fixed"][1])
 fid = next(k for k in table["fixed"][1][steps[0]] if k.startswith("fid_") and not k.endswith("_n"))
 print(f"| variance (loss) | bits/dim (n) | " + " | ".join(f"{fid}, {s} respaced steps" for s in steps) + " |")
 print("|---" * (2 + len(steps)) + "|")
-for name, what in (("fixed", "fixedlarge (L_simple)"), ("learned", "learned_range (L_hybrid)")):
+for name, what in names.items():
     bpd, rows = table[name]
-    print(f"| {what} | {bpd['bpd']:.3f} ({bpd['bpd_n']}) | " + " | ".join(f"{rows[s][fid]:.3f}" for s in steps) + " |")
+    bits = f"{bpd['bpd']:.3f} ({bpd['bpd_n']})" if bpd["bpd_n"] else "-"
+    print(f"| {what} | {bits} | " + " | ".join(f"{rows[s][fid]:.3f}" for s in steps) + " |")
 PY
 echo "total $((SECONDS - start)) s"

@@ -2,13 +2,18 @@
 
     python benchmarks/samplers.py fid CKPT [--n 2000] [--batch 1000]        # the FID-vs-NFE table
     python benchmarks/samplers.py fid CKPT --ancestral 25 50 100 --no-warmup  # only respaced ancestral chains
+    python benchmarks/samplers.py fid CKPT --ancestral 50 100 --frac 1         # learned_range: head replaced
     python benchmarks/samplers.py diffusers [--n 10000] [--nfe 20]            # diffusers' DDIM / DPM-Solver++
 
 `fid` draws `n` samples per setting from the EMA weights (same seeds for every setting), with the data set and
 FID features of the checkpoint's run (`fid=classifier`: offline), after one untimed batch (compilation, CUDA
-graphs); the time is that of sampling alone, and `s_per_50k` scales it to 50,000 samples. `diffusers` times
-diffusers' DDIMScheduler and DPMSolverMultistepScheduler with its UNet2DModel in the ddpm-cifar10 configuration
-(random weights: the speed is the same), bf16 autocast and torch.compile, for comparison with
+graphs); the time is that of sampling alone, and `s_per_50k` scales it to 50,000 samples. `--frac F` (a
+learned_range checkpoint, ancestral chains) replaces the network's variance head by the constant frac = F -- 1:
+sigma^2 = beta' (fixedlarge), 0: beta_tilde' (fixedsmall) -- so the same mean network is sampled with a fixed
+variance: the ablation that separates what the learned variance buys from what L_hybrid did to the mean.
+`diffusers` times diffusers' DDIMScheduler and DPMSolverMultistepScheduler with its UNet2DModel in the
+ddpm-cifar10 configuration (random weights: the speed is the same), bf16 autocast and torch.compile, for
+comparison with
 `python eval.py ... sampler=dpm_solver sampler.num_steps=20 n_samples=50000 warmup_batches=1 'metrics=[]'`.
 """
 
@@ -32,6 +37,27 @@ SETTINGS = [  # (sampler config name, overrides): the issue's table, plus traini
     ("dpm_solver", {"num_steps": 25}), ("dpm_solver", {"num_steps": 20}), ("dpm_solver", {"num_steps": 15}),
     ("dpm_solver", {"num_steps": 10}),
 ]
+
+
+def fixed_frac_sampler(sampler_cfg, diffusion, frac: float):
+    """The ancestral sampler of `sampler_cfg` with learned_range's frac replaced by the constant `frac`."""
+    from ddpm.diffusion import ModelOutput
+    from ddpm.samplers import AncestralSampler
+
+    if diffusion.variance_type != "learned_range":
+        raise SystemExit("--frac needs a learned_range checkpoint (module.variance_type=learned_range)")
+    if not 0.0 <= frac <= 1.0:
+        raise SystemExit(f"--frac must be in [0, 1] (1: beta', 0: beta_tilde'), got {frac}")
+
+    class FixedFracAncestral(AncestralSampler):
+        def describe(self) -> str:
+            return f"{super().describe()[:-1]}, frac={frac:g})"
+
+        def advance(self, k, t, out, x, generator, state):
+            return super().advance(k, t, ModelOutput(out.eps, torch.full_like(out.eps, frac)), x, generator, state)
+
+    kwargs = {k: v for k, v in sampler_cfg.items() if k not in ("_target_", "progress")}
+    return FixedFracAncestral(diffusion, progress=False, **kwargs)
 
 
 def sync() -> None:
@@ -67,7 +93,7 @@ def load(ckpt: Path, perf: str | None = None):
 
 
 def fid_table(ckpt: Path, n: int, batch: int, seed: int, settings: list = SETTINGS, warmup: bool = True,
-              perf: str | None = None) -> None:
+              perf: str | None = None, frac: float | None = None) -> None:
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
@@ -77,7 +103,8 @@ def fid_table(ckpt: Path, n: int, batch: int, seed: int, settings: list = SETTIN
     rows = []
     for name, overrides in settings:
         sampler_cfg = OmegaConf.merge(OmegaConf.load(ROOT / "conf" / "sampler" / f"{name}.yaml"), overrides)
-        sampler = instantiate(sampler_cfg, diffusion=module.diffusion, progress=False)
+        sampler = (instantiate(sampler_cfg, diffusion=module.diffusion, progress=False) if frac is None
+                   else fixed_frac_sampler(sampler_cfg, module.diffusion, frac))
         if warmup:  # untimed: compilation and graph capture
             module.sample(min(batch, n), seed=seed, sampler=sampler)
         sync()
@@ -144,6 +171,8 @@ def main() -> None:
     f.add_argument("--warmup", action=argparse.BooleanOptionalAction, default=True,
                    help="one untimed batch per setting first (compilation, CUDA graphs); off for eager runs")
     f.add_argument("--perf", default=None, help="an execution plan of conf/perf (default: the checkpoint's)")
+    f.add_argument("--frac", type=float, default=None,
+                   help="learned_range with --ancestral: sample with the variance head replaced by this frac")
     d = sub.add_parser("diffusers")
     d.add_argument("--n", type=int, default=10_000)
     d.add_argument("--nfe", type=int, default=20)
@@ -151,7 +180,9 @@ def main() -> None:
     args = p.parse_args()
     if args.what == "fid":
         settings = [("ancestral", {"num_steps": s}) for s in args.ancestral] if args.ancestral else SETTINGS
-        fid_table(args.ckpt, args.n, args.batch, args.seed, settings, args.warmup, args.perf)
+        if args.frac is not None and not args.ancestral:
+            p.error("--frac applies to the ancestral chain: give --ancestral S ...")
+        fid_table(args.ckpt, args.n, args.batch, args.seed, settings, args.warmup, args.perf, args.frac)
     else:
         diffusers_speed(args.n, args.nfe, args.batch)
 

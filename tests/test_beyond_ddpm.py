@@ -223,3 +223,28 @@ def test_guided_gaussian_mixture_toy_samples_each_class_and_null_samples_the_mix
     assert abs(null.mean().item()) < 5 * math.sqrt(1 + s**2) / math.sqrt(n) + 0.01
     assert abs(null.std().item() - math.sqrt(1 + s**2)) < 0.02
     assert abs((null > 0).double().mean().item() - 0.5) < 4 * math.sqrt(0.25 / n)
+
+
+def test_benchmark_frac_ablation_replaces_the_variance_head_by_the_constant():
+    """benchmarks/samplers.py --frac F: whatever the network's variance channels say (v = 0.3 here), frac = 1 /
+    0 samples draw for draw as the fixedlarge / fixedsmall respaced chains."""
+    import importlib.util
+    from pathlib import Path
+
+    from ddpm.samplers import AncestralSampler
+
+    spec = importlib.util.spec_from_file_location(
+        "bench_samplers", Path(__file__).resolve().parents[1] / "benchmarks" / "samplers.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    betas = linear_betas(T).double()
+    learned = GaussianDiffusion(betas, "learned_range")
+    cfg = {"_target_": "ddpm.samplers.AncestralSampler", "num_steps": 20, "spacing": "trailing",
+           "clip_denoised": False, "progress": True}
+    for frac, fixed in ((1.0, "fixedlarge"), (0.0, "fixedsmall")):
+        sampler = bench.fixed_frac_sampler(cfg, learned, frac)
+        assert sampler.describe() == f"ancestral(S=20, trailing, learned_range, frac={frac:g})"
+        got = _draw(sampler, exact_predictor("eps", learned.alphas_cumprod, 1, 0.3), n=256)
+        want = _draw(AncestralSampler(GaussianDiffusion(betas, fixed), num_steps=20, clip_denoised=False,
+                                      progress=False), exact_predictor("eps", learned.alphas_cumprod), n=256)
+        torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-9)
