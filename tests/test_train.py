@@ -4,6 +4,7 @@ input ends with one clear message before training starts."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -141,6 +142,8 @@ def test_checkpoint_from_other_model_is_refused(trained, tmp_path):
         (["optimizer.lr=nan"], "optimizer.lr must be a finite positive number, got nan"),
         (["optimizer.lr=-1"], "optimizer.lr must be a finite positive number, got -1"),
         (["callbacks.sample_eval.fid_samples=-3"], "callbacks.sample_eval.fid_samples must be an integer >= 0"),
+        (["module.loss=kl"], "module.loss must be one of"),
+        (["module.timestep_sampler=importance"], "module.timestep_sampler must be one of"),
     ],
 )
 def test_bad_input_is_one_clear_message(tmp_path, args, message):
@@ -257,6 +260,26 @@ def test_train_in_process_returns_metrics(tmp_path):
     cfg = compose([*FAST, "logger=none", "trainer.max_steps=4", "trainer.val_check_interval=4"], output_dir=tmp_path)
     metrics = train(cfg)
     assert {"train/loss", "val/loss"} <= set(metrics) and all(v == v for v in metrics.values())
+
+
+def test_vlb_loss_with_loss_aware_timesteps_trains_and_checkpoints_its_history(tmp_path):
+    """L_vlb alone with importance-sampled t: the history fills (2 losses for each of 50 t), is saved in the
+    checkpoint (restored with the weights), and the run resumes from it."""
+    args = [*FAST, "logger=none", "module.variance_type=learned_range", "module.loss=vlb",
+            "module.timestep_sampler=loss_aware", "module.loss_aware.history_per_term=2",
+            "trainer.val_check_interval=6", "callbacks.model_checkpoint.every_n_train_steps=6"]
+    metrics = train(compose([*args, "trainer.max_steps=6"], output_dir=tmp_path / "a"))
+    assert math.isfinite(metrics["train/loss"]) and math.isfinite(metrics["val/loss"])
+    ckpt = torch.load(tmp_path / "a" / "checkpoints" / "last.ckpt", weights_only=True)
+    state = ckpt["state_dict"]
+    assert torch.equal(state["timestep_sampler.loss_count"], torch.full((50,), 2))
+    assert state["timestep_sampler.loss_history"].gt(0).all()  # L_t > 0 at every t
+    module = DiffusionModule.load_from_checkpoint(tmp_path / "a" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert module.hparams.loss == "vlb" and module.timestep_sampler.probabilities().std() > 0
+    train(compose([*args, "trainer.max_steps=8", f"ckpt_path={tmp_path / 'a' / 'checkpoints' / 'last.ckpt'}"],
+                  output_dir=tmp_path / "b"))
+    resumed = torch.load(tmp_path / "b" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert resumed["global_step"] == 8
 
 
 def test_in_process_bad_config_raises_config_error(tmp_path):

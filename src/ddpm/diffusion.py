@@ -229,10 +229,13 @@ class GaussianDiffusion(nn.Module):
         return torch.randint(0, self.num_timesteps, (batch_size,), device=device, generator=generator)
 
     def training_terms(self, model: EpsModel, x0: Tensor, t: Tensor | None = None, noise: Tensor | None = None,
-                       vlb_weight: float = 0.0) -> dict[str, Tensor]:
-        """Per-sample losses, each (B,): `mse` (L_simple in the prediction's own space), `vlb` (L_t in bits/dim,
-        learned_range only, the mean frozen) and `loss` = mse + vlb_weight T vlb (L_hybrid; vlb_weight = 0.001
-        gives improved-diffusion's factor T / 1000 on L_t, applied once)."""
+                       vlb_weight: float = 0.0, loss: str = "simple") -> dict[str, Tensor]:
+        """Per-sample losses, each (B,): `mse` (L_simple in the prediction's own space), `vlb` (L_t in bits/dim)
+        and `loss`. loss="simple": mse, or for learned_range mse + vlb_weight T vlb with the mean frozen in vlb
+        (L_hybrid; vlb_weight = 0.001 gives improved-diffusion's factor T / 1000 on L_t, applied once).
+        loss="vlb": T vlb, L_vlb's one-t estimate, nothing frozen (improved-diffusion's rescaled KL)."""
+        if loss not in ("simple", "vlb"):
+            raise ValueError(f"module.loss must be simple or vlb, got {loss!r}")
         if t is None:
             t = self.sample_timesteps(x0.shape[0], x0.device)
         if noise is None:
@@ -244,7 +247,11 @@ class GaussianDiffusion(nn.Module):
         target = self.training_target(x0.float(), t, noise.float())
         mse = (out[:, :c].float() - target).pow(2).flatten(1).mean(dim=1)
         terms = {"mse": mse, "loss": mse}
-        if self.variance_type == "learned_range":
+        if loss == "vlb":
+            full = self.split_output(out.float(), x_t.float(), t)
+            terms["vlb"] = self.vlb_terms_bpd(full.eps, x0, x_t, t, clip_denoised=False, var_frac=full.var_frac).float()
+            terms["loss"] = self.num_timesteps * terms["vlb"]
+        elif self.variance_type == "learned_range":
             # stop-gradient on the mean: L_t trains only the variance channels (Nichol & Dhariwal 2021, sec. 3.1)
             frozen = self.split_output(torch.cat([out[:, :c].detach(), out[:, c:]], 1).float(), x_t.float(), t)
             vlb = self.vlb_terms_bpd(frozen.eps, x0, x_t, t, clip_denoised=False, var_frac=frozen.var_frac)
@@ -253,8 +260,8 @@ class GaussianDiffusion(nn.Module):
         return terms
 
     def training_losses(self, model: EpsModel, x0: Tensor, t: Tensor | None = None,
-                        noise: Tensor | None = None, vlb_weight: float = 0.0) -> Tensor:
-        return self.training_terms(model, x0, t, noise, vlb_weight)["loss"]
+                        noise: Tensor | None = None, vlb_weight: float = 0.0, loss: str = "simple") -> Tensor:
+        return self.training_terms(model, x0, t, noise, vlb_weight, loss)["loss"]
 
     # ----- variational bound (bits/dim) --------------------------------------------------------
     def vlb_terms_bpd(self, eps: Tensor, x0: Tensor, x_t: Tensor, t: Tensor, clip_denoised: bool,

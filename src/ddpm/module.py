@@ -1,9 +1,10 @@
-"""The LightningModule: L_simple (or L_hybrid) training, warm-up, EMA, and sampling from the EMA weights.
+"""The LightningModule: L_simple (L_hybrid, L_vlb) training, warm-up, EMA, and sampling from the EMA weights.
 
-Lightning glue only: the math is in `diffusion.py`, the averaging in `ema.py`, execution choices in
-`perf.py`, random streams in `rng.py`. The constructor takes plain configs (dicts with `_target_`) and
-saves exactly those as hyperparameters, so a checkpoint loads with `torch.load(..., weights_only=True)`
-and `DiffusionModule.load_from_checkpoint(path)` rebuilds the network with no Hydra run around it.
+Lightning glue only: the math is in `diffusion.py`, the loss and the choice of t in `objective.py`, the
+averaging in `ema.py`, execution choices in `perf.py`, random streams in `rng.py`. The constructor takes plain
+configs (dicts with `_target_`) and saves exactly those as hyperparameters, so a checkpoint loads with
+`torch.load(..., weights_only=True)` and `DiffusionModule.load_from_checkpoint(path)` rebuilds the network with
+no Hydra run around it.
 """
 
 from __future__ import annotations
@@ -22,22 +23,11 @@ from .diffusion import GaussianDiffusion
 from .ema import EMA, ema_decay_at
 from .guidance import conditional, drop_labels, guided
 from .loggers import resume_ids
+from .objective import build_timestep_sampler, check_objective
 from .optim import build_optimizer, clip_gradients
 from .perf import ExecutionPlan, legacy_perf, match_state_layout, resolve_plan
 from .rng import checkpoint_rng_states, continue_or_seed_ranks
 from .samplers import SampleOutput, Sampler
-
-
-def check_objective(diffusion: GaussianDiffusion, num_classes: int | None, vlb_weight: float,
-                    cond_drop_prob: float) -> None:
-    """ValueError for settings that would train nothing or silently ignore a part."""
-    if diffusion.variance_type == "learned_range" and not vlb_weight > 0:
-        raise ValueError("module.variance_type=learned_range trains the variance through L_vlb only: set "
-                         "module.vlb_weight > 0 (Improved DDPM: 0.001)")
-    if cond_drop_prob and num_classes is None:
-        raise ValueError("module.cond_drop_prob needs a class-conditional model: set model.num_classes")
-    if not 0.0 <= cond_drop_prob <= 1.0:
-        raise ValueError(f"module.cond_drop_prob must be in [0, 1], got {cond_drop_prob}")
 
 
 class NonFiniteLossError(UserError, RuntimeError):
@@ -49,12 +39,14 @@ class DiffusionModule(pl.LightningModule):
                  optimizer: dict[str, Any], image_shape: Sequence[int], variance_type: str, lr_warmup_steps: int,
                  ema_decay: float, ema_warmup: bool, val_seed: int, check_every_n_steps: int,
                  perf: dict[str, Any] | None = None, prediction: str = "eps", vlb_weight: float = 0.001,
-                 cond_drop_prob: float = 0.0, **legacy: Any) -> None:
+                 cond_drop_prob: float = 0.0, loss: str = "simple", timestep_sampler: str = "uniform",
+                 loss_aware: dict[str, Any] | None = None, **legacy: Any) -> None:
         """perf: the `perf` config group (None: eager fp32). check_every_n_steps: how often the loss is checked
         for NaN and the per-quarter losses are logged (each check waits for the GPU); 0 never. prediction: eps | x0
         | v; vlb_weight: lambda of L_hybrid, used with learned_range only (a fixed variance has nothing for L_vlb to
-        train); cond_drop_prob: label dropout of a conditional model. With a fixed variance and no classes the
-        defaults are DDPM's, so checkpoints saved before these existed load unchanged."""
+        train); cond_drop_prob: label dropout of a conditional model; loss, timestep_sampler, loss_aware: see
+        `objective.py`. With a fixed variance and no classes the defaults are DDPM's, so checkpoints saved before
+        these existed load unchanged."""
         super().__init__()
         perf = perf if perf is not None else legacy_perf(legacy)  # checkpoints saved before the perf group
         if legacy:
@@ -63,7 +55,9 @@ class DiffusionModule(pl.LightningModule):
         self.hparams["perf"] = perf
         self.net = instantiate(model)
         self.diffusion = GaussianDiffusion(instantiate(scheduler), variance_type=variance_type, prediction=prediction)
-        check_objective(self.diffusion, self.num_classes, float(vlb_weight), float(cond_drop_prob))
+        check_objective(variance_type, loss, float(vlb_weight), timestep_sampler, self.num_classes,
+                        float(cond_drop_prob))
+        self.timestep_sampler = build_timestep_sampler(timestep_sampler, self.diffusion.num_timesteps, loss_aware)
         # part of state_dict: checkpointed and restored with the network, used for every sample
         self.ema = EMA(self.net, use_buffers=True).requires_grad_(False)
         self.sampler = instantiate(sampler, diffusion=self.diffusion)
@@ -127,15 +121,17 @@ class DiffusionModule(pl.LightningModule):
     def training_step(self, batch: Tensor | Sequence[Tensor], batch_idx: int) -> Tensor:
         images, labels = self._images_and_labels(batch)
         images = images.contiguous(memory_format=self.plan.batch_memory_format)
-        t = self.diffusion.sample_timesteps(images.shape[0], images.device)
+        t, weights = self.timestep_sampler.sample(images.shape[0], images.device)  # weights: 1 / (T p_t)
         if labels is not None:  # classifier-free guidance: the null label with probability cond_drop_prob
             labels = drop_labels(labels, self.num_classes, float(self.hparams.cond_drop_prob))
         if self.plan.cuda_graphs:
             torch.compiler.cudagraph_mark_step_begin()  # a new iteration: the last step's graph outputs may be reused
         terms = self.diffusion.training_terms(conditional(self.network("train"), labels), images, t=t,
-                                              vlb_weight=float(self.hparams.vlb_weight))  # each (B,)
-        losses = terms["loss"]
-        loss = losses.mean()
+                                              vlb_weight=float(self.hparams.vlb_weight), loss=self.hparams.loss)
+        losses = terms["loss"]  # (B,)
+        if self.timestep_sampler.learns:  # every rank's losses, so that all ranks draw from the same p
+            self.timestep_sampler.update(self.all_gather(t), self.all_gather(losses.detach()))
+        loss = (losses if weights is None else losses * weights).mean()
         self._last_loss = loss.detach()
         every = self.hparams.check_every_n_steps
         if every and self.global_step % every == 0:
@@ -220,7 +216,8 @@ class DiffusionModule(pl.LightningModule):
         t = self.diffusion.sample_timesteps(images.shape[0], images.device, generator=g)
         noise = torch.randn(images.shape, device=images.device, generator=g, dtype=images.dtype)
         loss = self.diffusion.training_losses(conditional(self.ema.module, labels), images, t=t, noise=noise,
-                                              vlb_weight=float(self.hparams.vlb_weight)).mean()
+                                              vlb_weight=float(self.hparams.vlb_weight),
+                                              loss=self.hparams.loss).mean()
         self.log("val/loss", loss, prog_bar=True, on_epoch=True, batch_size=images.shape[0], sync_dist=True)
         return loss
 

@@ -1,0 +1,117 @@
+"""What the training loss averages: which loss, and how t is drawn.
+
+`loss`: "simple" is L_simple (with learned_range, L_hybrid = L_simple + lambda L_vlb, the mean frozen in
+L_vlb); "vlb" is L_vlb alone, T L_t per sample (its one-t estimate; every output, the mean too, trained by the
+bound). L_vlb's terms differ by orders of magnitude over t (L_0 and the first KLs dominate), so uniform t makes
+a noisy estimate of it; Nichol & Dhariwal (2021, sec. 3.3) draw t by importance instead:
+
+    p_t  proportional to  sqrt(E[L_t^2])   (the last `history_per_term` losses of each t),
+    mixed with `uniform_prob` of the uniform so that no t starves, and each loss weighted 1 / (T p_t),
+
+so E_{t ~ p}[L_t / (T p_t)] = (1/T) sum_t L_t: the same objective as uniform t, with a smaller variance
+(p_t proportional to |L_t| would make it zero). Until every t holds its full history, t stays uniform with
+weight 1. Under DDP every rank updates with the losses of all ranks, so all draw from the same p.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+LOSSES = ("simple", "vlb")
+TIMESTEP_SAMPLERS = ("uniform", "loss_aware")
+
+
+def check_objective(variance_type: str, loss: str, vlb_weight: float, timestep_sampler: str,
+                    num_classes: int | None, cond_drop_prob: float) -> None:
+    """ValueError for settings that would train nothing or silently ignore a part."""
+    if loss not in LOSSES:
+        raise ValueError(f"module.loss must be one of {LOSSES}, got {loss!r}")
+    if timestep_sampler not in TIMESTEP_SAMPLERS:
+        raise ValueError(f"module.timestep_sampler must be one of {TIMESTEP_SAMPLERS}, got {timestep_sampler!r}")
+    if variance_type == "learned_range" and loss == "simple" and not vlb_weight > 0:
+        raise ValueError("module.variance_type=learned_range trains the variance through L_vlb only: set "
+                         "module.vlb_weight > 0 (Improved DDPM: 0.001), or module.loss=vlb")
+    if cond_drop_prob and num_classes is None:
+        raise ValueError("module.cond_drop_prob needs a class-conditional model: set model.num_classes")
+    if not 0.0 <= cond_drop_prob <= 1.0:
+        raise ValueError(f"module.cond_drop_prob must be in [0, 1], got {cond_drop_prob}")
+
+
+class UniformTimesteps(nn.Module):
+    """t ~ U{0, ..., T-1} (DDPM), weight 1. No state: a module only so that both samplers sit in the tree."""
+
+    learns = False  # update() is a no-op: the training step need not gather losses
+
+    def __init__(self, num_timesteps: int) -> None:
+        super().__init__()
+        self.num_timesteps = int(num_timesteps)
+
+    def sample(self, batch_size: int, device: torch.device) -> tuple[Tensor, Tensor | None]:
+        """t (B,) and the per-sample loss weights (B,), None for all ones."""
+        return torch.randint(0, self.num_timesteps, (batch_size,), device=device), None
+
+    def update(self, t: Tensor, losses: Tensor) -> None:
+        pass
+
+
+class LossSecondMomentTimesteps(UniformTimesteps):
+    """Importance sampling of t from each t's last `history_per_term` losses (module docstring). The history is
+    a buffer: it is checkpointed, so a resumed run draws from the same p."""
+
+    learns = True
+
+    def __init__(self, num_timesteps: int, history_per_term: int, uniform_prob: float) -> None:
+        super().__init__(num_timesteps)
+        if int(history_per_term) < 1:
+            raise ValueError(f"module.loss_aware.history_per_term must be >= 1, got {history_per_term}")
+        if not 0.0 < uniform_prob <= 1.0:
+            raise ValueError(f"module.loss_aware.uniform_prob must be in (0, 1], got {uniform_prob}")
+        self.uniform_prob = float(uniform_prob)
+        T, H = self.num_timesteps, int(history_per_term)
+        self.register_buffer("loss_history", torch.zeros(T, H, dtype=torch.float64))  # ring buffer per t
+        self.register_buffer("loss_count", torch.zeros(T, dtype=torch.long))  # entries held, <= H
+        self.register_buffer("write_pos", torch.zeros(T, dtype=torch.long))  # next slot of each ring
+
+    def probabilities(self) -> Tensor:
+        """p_t (T,) float64: uniform until every t holds H losses, then sqrt(E[L_t^2]) mixed with uniform."""
+        T, H = self.loss_history.shape
+        p = self.loss_history.pow(2).mean(dim=1).sqrt()
+        p = (1 - self.uniform_prob) * p / p.sum() + self.uniform_prob / T
+        warm = (self.loss_count == H).all()
+        return torch.where(warm, p, torch.full_like(p, 1.0 / T))  # no host sync: the branch stays on device
+
+    def sample(self, batch_size: int, device: torch.device) -> tuple[Tensor, Tensor | None]:
+        p = self.probabilities()
+        t = torch.multinomial(p, batch_size, replacement=True)
+        warm = (self.loss_count == self.loss_history.shape[1]).all()
+        weights = torch.where(warm, 1.0 / (self.num_timesteps * p[t]), torch.ones_like(p[t]))
+        return t.to(device), weights.float().to(device)
+
+    @torch.no_grad()
+    def update(self, t: Tensor, losses: Tensor) -> None:
+        """Append each sample's loss to its t's history (in batch order; a t drawn more than H times in one
+        batch keeps its last H), vectorised: no host sync per step."""
+        T, H = self.loss_history.shape
+        t = t.flatten().to(self.loss_count.device)
+        losses = losses.detach().flatten().to(self.loss_history)
+        order = torch.argsort(t, stable=True)
+        t, losses = t[order], losses[order]
+        counts = torch.bincount(t, minlength=T)  # (T,) draws of each t in this batch
+        first = torch.cumsum(counts, 0) - counts  # where each t's run starts in the sorted batch
+        rank = torch.arange(t.numel(), device=t.device) - first[t]  # 0, 1, ... within each t's run
+        keep = rank >= counts[t] - H  # the last H of a run: distinct slots of the ring
+        slot = (self.write_pos[t] + rank) % H
+        self.loss_history[t[keep], slot[keep]] = losses[keep]
+        self.write_pos.add_(counts).remainder_(H)
+        self.loss_count.add_(counts).clamp_(max=H)
+
+
+def build_timestep_sampler(name: str, num_timesteps: int, loss_aware: dict | None) -> UniformTimesteps:
+    """The sampler `module.timestep_sampler` names; loss_aware takes `module.loss_aware`'s numbers."""
+    if name == "uniform":
+        return UniformTimesteps(num_timesteps)
+    if not loss_aware:
+        raise ValueError("module.timestep_sampler=loss_aware needs module.loss_aware "
+                         "(history_per_term, uniform_prob: conf/train.yaml)")
+    return LossSecondMomentTimesteps(num_timesteps, **loss_aware)
