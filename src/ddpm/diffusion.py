@@ -213,8 +213,7 @@ class GaussianDiffusion(nn.Module):
             pred_x0 = pred_x0.clamp(-1.0, 1.0)
         mean, _, _ = self.q_posterior_mean_variance(pred_x0, x_t, t)
         log_variance = self.log_variance_of(t, x_t, var_frac)
-        learned = self.variance_type == "learned_range"
-        variance = log_variance.exp() if learned else _gather(self.model_variance, t, x_t)
+        variance = log_variance.exp() if self.variance_type == "learned_range" else _gather(self.model_variance, t, x_t)
         return ReverseStep(mean=mean, variance=variance, log_variance=log_variance, pred_x0=pred_x0)
 
     def p_sample_step(self, step: ReverseStep, t: Tensor, noise: Tensor) -> Tensor:
@@ -230,22 +229,17 @@ class GaussianDiffusion(nn.Module):
 
     def training_terms(self, model: EpsModel, x0: Tensor, t: Tensor | None = None, noise: Tensor | None = None,
                        vlb_weight: float = 0.0, loss: str = "simple") -> dict[str, Tensor]:
-        """Per-sample losses, each (B,): `mse` (L_simple in the prediction's own space), `vlb` (L_t in bits/dim)
-        and `loss`. loss="simple": mse, or for learned_range mse + vlb_weight T vlb with the mean frozen in vlb
-        (L_hybrid; vlb_weight = 0.001 gives improved-diffusion's factor T / 1000 on L_t, applied once).
-        loss="vlb": T vlb, L_vlb's one-t estimate, nothing frozen (improved-diffusion's rescaled KL)."""
+        """Per-sample losses (B,): `mse` (L_simple, in the prediction's space), `vlb` (L_t, bits/dim), `loss`:
+        "simple": mse, for learned_range + vlb_weight T vlb with the mean frozen in vlb (L_hybrid; 0.001 gives
+        improved-diffusion's T / 1000, once); "vlb": T vlb, nothing frozen (improved-diffusion's rescaled KL)."""
         if loss not in ("simple", "vlb"):
             raise ValueError(f"module.loss must be simple or vlb, got {loss!r}")
-        if t is None:
-            t = self.sample_timesteps(x0.shape[0], x0.device)
-        if noise is None:
-            noise = torch.randn_like(x0)
+        t = self.sample_timesteps(x0.shape[0], x0.device) if t is None else t
+        noise = torch.randn_like(x0) if noise is None else noise
         x_t = self.q_sample(x0, t, noise)
-        out = model(x_t, t)
+        out, c = model(x_t, t), x0.shape[1]
         self.check_output(out, x_t)
-        c = x0.shape[1]
-        target = self.training_target(x0.float(), t, noise.float())
-        mse = (out[:, :c].float() - target).pow(2).flatten(1).mean(dim=1)
+        mse = (out[:, :c].float() - self.training_target(x0.float(), t, noise.float())).pow(2).flatten(1).mean(dim=1)
         terms = {"mse": mse, "loss": mse}
         if loss == "vlb":
             full = self.split_output(out.float(), x_t.float(), t)
@@ -254,8 +248,7 @@ class GaussianDiffusion(nn.Module):
         elif self.variance_type == "learned_range":
             # stop-gradient on the mean: L_t trains only the variance channels (Nichol & Dhariwal 2021, sec. 3.1)
             frozen = self.split_output(torch.cat([out[:, :c].detach(), out[:, c:]], 1).float(), x_t.float(), t)
-            vlb = self.vlb_terms_bpd(frozen.eps, x0, x_t, t, clip_denoised=False, var_frac=frozen.var_frac)
-            terms["vlb"] = vlb.float()
+            terms["vlb"] = self.vlb_terms_bpd(frozen.eps, x0, x_t, t, False, var_frac=frozen.var_frac).float()
             terms["loss"] = mse + vlb_weight * self.num_timesteps * terms["vlb"]
         return terms
 
