@@ -30,6 +30,7 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=100)
     p.add_argument("--noise", type=float, default=0.3)
     p.add_argument("--accelerator", default="cuda", help="cpu: the same check with gloo processes")
+    p.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. fid.classifier.steps=150 (a quicker classifier)")
     args = p.parse_args()
 
     from hydra import compose, initialize_config_dir
@@ -40,7 +41,7 @@ def main() -> None:
     from ddpm.metrics import SampleMetrics
 
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose(config_name="train", overrides=["data=digits", "fid=classifier"])
+        cfg = compose(config_name="train", overrides=["data=digits", "fid=classifier", *args.overrides])
     fabric = Fabric(accelerator=args.accelerator, devices=args.devices, strategy="ddp" if args.devices > 1 else "auto")
     fabric.launch()
     rank, world = fabric.global_rank, fabric.world_size

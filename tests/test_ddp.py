@@ -63,9 +63,10 @@ def test_ddp_loss_aware_history_holds_the_losses_of_both_ranks(tmp_path):
 
 def fid(devices: int, cache: Path) -> float:
     env = {**os.environ, "DDPM_CACHE_DIR": str(cache), "OMP_NUM_THREADS": "1"}
+    quick_classifier = ["fid.classifier.steps=150", "fid.classifier.width=16"]
     proc = subprocess.run([sys.executable, str(ROOT / "tests" / "ddp_fid_check.py"), "--accelerator", "cpu",
-                           "--devices", str(devices), "--n", "400"], capture_output=True, text=True, env=env,
-                          timeout=600, cwd=cache)
+                           "--devices", str(devices), "--n", "400", *quick_classifier], capture_output=True, text=True,
+                          env=env, timeout=600, cwd=cache)
     assert proc.returncode == 0, proc.stderr[-3000:]
     line = [x for x in proc.stdout.splitlines() if x.startswith("{")][-1]
     result = json.loads(line)
