@@ -3,6 +3,7 @@
     python benchmarks/samplers.py fid CKPT [--n 2000] [--batch 1000]        # the FID-vs-NFE table
     python benchmarks/samplers.py fid CKPT --ancestral 25 50 100 --no-warmup  # only respaced ancestral chains
     python benchmarks/samplers.py fid CKPT --ancestral 50 100 --frac 1         # learned_range: head replaced
+    python benchmarks/samplers.py fid CKPT --save DIR                          # also keep every setting's samples
     python benchmarks/samplers.py diffusers [--n 10000] [--nfe 20]            # diffusers' DDIM / DPM-Solver++
 
 `fid` draws `n` samples per setting from the EMA weights (same seeds for every setting), with the data set and
@@ -92,8 +93,15 @@ def load(ckpt: Path, perf: str | None = None):
     return module, dm, metrics
 
 
+def slug(name: str, overrides: dict) -> str:
+    """A file name for a setting: ancestral, ddim-num_steps50-eta1.0, ..."""
+    return "-".join([name] + [f"{k}{v}" for k, v in overrides.items()])
+
+
 def fid_table(ckpt: Path, n: int, batch: int, seed: int, settings: list = SETTINGS, warmup: bool = True,
-              perf: str | None = None, frac: float | None = None) -> None:
+              perf: str | None = None, frac: float | None = None, save: Path | None = None) -> None:
+    """save: a folder that receives each setting's samples as <prefix><slug>.npz (uint8 NHWC, key arr_0, as eval.py
+    writes them), for scoring elsewhere (benchmarks/metric_quality.py sets)."""
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
@@ -112,6 +120,11 @@ def fid_table(ckpt: Path, n: int, batch: int, seed: int, settings: list = SETTIN
         samples = draw_samples(module, n, batch, seed, 0, 1, keep=n, to_eval=dm.to_eval, sampler=sampler)
         sync()
         seconds = time.perf_counter() - start
+        if save is not None:
+            import numpy as np
+
+            save.mkdir(parents=True, exist_ok=True)
+            np.savez_compressed(save / f"{slug(name, overrides)}.npz", arr_0=samples.images.permute(0, 2, 3, 1).numpy())
         metrics.update(samples.images.to(module.device).float() / 127.5 - 1)
         result = metrics.compute(samples.n_total)
         row = {"sampler": sampler.describe(), "nfe": sampler.nfe, metrics.fid_name: round(result[metrics.fid_name], 4),
@@ -173,6 +186,7 @@ def main() -> None:
     f.add_argument("--perf", default=None, help="an execution plan of conf/perf (default: the checkpoint's)")
     f.add_argument("--frac", type=float, default=None,
                    help="learned_range with --ancestral: sample with the variance head replaced by this frac")
+    f.add_argument("--save", type=Path, default=None, help="write each setting's samples as .npz into this folder")
     d = sub.add_parser("diffusers")
     d.add_argument("--n", type=int, default=10_000)
     d.add_argument("--nfe", type=int, default=20)
@@ -182,7 +196,7 @@ def main() -> None:
         settings = [("ancestral", {"num_steps": s}) for s in args.ancestral] if args.ancestral else SETTINGS
         if args.frac is not None and not args.ancestral:
             p.error("--frac applies to the ancestral chain: give --ancestral S ...")
-        fid_table(args.ckpt, args.n, args.batch, args.seed, settings, args.warmup, args.perf, args.frac)
+        fid_table(args.ckpt, args.n, args.batch, args.seed, settings, args.warmup, args.perf, args.frac, args.save)
     else:
         diffusers_speed(args.n, args.nfe, args.batch)
 

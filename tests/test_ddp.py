@@ -70,8 +70,8 @@ def fid(devices: int, cache: Path) -> float:
     assert proc.returncode == 0, proc.stderr[-3000:]
     line = [x for x in proc.stdout.splitlines() if x.startswith("{")][-1]
     result = json.loads(line)
-    assert result["devices"] == devices and result["fid_classifier_n"] == 400
-    return result["fid_classifier"]
+    assert result["devices"] == devices and result["fd_resnet_n"] == 400
+    return result["fd_resnet"]
 
 
 def test_fid_over_two_ranks_equals_fid_on_one(tmp_path):

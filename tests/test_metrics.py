@@ -4,10 +4,11 @@ import pytest
 import torch
 
 from ddpm.data import DigitsDataModule
-from ddpm.features import ClassifierFeatures, InceptionFeatures, quantize
+from ddpm.features import ClassifierFeatures, quantize
+from ddpm.inception import InceptionFeatures
 from ddpm.metrics import SampleMetrics
 
-FAST_CLASSIFIER = {"steps": 150, "batch_size": 128, "lr": 3e-3, "width": 16, "num_features": 32, "seed": 0}
+FAST_CLASSIFIER = {"steps": 150, "batch_size": 128, "lr": 0.1, "width": 8, "num_features": 32, "seed": 0}
 
 
 def digits(image_size=8):
@@ -46,13 +47,13 @@ def test_classifier_is_accurate_and_cached(prepared, cache):
     m, _ = prepared
     path = m.classifier_path(digits())
     assert path.parent == cache / "classifiers" and path.name.startswith("digits_8px_1ch_")  # a non-default config
-    assert SampleMetrics(cache_dir=str(cache)).classifier_path(digits()).name == "digits_8px_1ch.pt"  # the default
+    default_name = "digits_8px_1ch_resnet-preact-v1.pt"
+    assert SampleMetrics(cache_dir=str(cache)).classifier_path(digits()).name == default_name  # the default
     from omegaconf import OmegaConf  # as Hydra passes it: a DictConfig; conf/fid's values are the default ones
 
     from tests.conftest import ROOT
     hydra_default = OmegaConf.load(ROOT / "conf" / "fid" / "classifier.yaml").classifier
-    assert SampleMetrics(cache_dir=str(cache), classifier=hydra_default).classifier_path(digits()).name == \
-        "digits_8px_1ch.pt"
+    assert SampleMetrics(cache_dir=str(cache), classifier=hydra_default).classifier_path(digits()).name == default_name
     assert SampleMetrics(cache_dir=str(cache), classifier=OmegaConf.create(FAST_CLASSIFIER)).classifier_path(
         digits()) == path
     blob = torch.load(path, weights_only=True)
@@ -72,9 +73,9 @@ def test_held_out_real_images_score_near_zero_and_noise_scores_high(prepared):
     blurred = torch.nn.functional.avg_pool2d(val.float() / 127.5 - 1, 3, stride=1, padding=1)
     m.update(blurred)
     blur = m.compute(len(val))
-    assert real["fid_classifier_n"] == len(val)
-    assert real["fid_classifier"] < 0.1 * noise["fid_classifier"]
-    assert real["fid_classifier"] < blur["fid_classifier"] < noise["fid_classifier"]
+    assert real["fd_resnet_n"] == len(val)
+    assert real["fd_resnet"] < 0.1 * noise["fd_resnet"]
+    assert real["fd_resnet"] < blur["fd_resnet"] < noise["fd_resnet"]
 
 
 def test_samples_are_quantised_like_a_png():

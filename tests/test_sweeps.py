@@ -43,7 +43,7 @@ def test_multirun_grid_gives_four_runs_and_a_summary(tmp_path):
     assert len(rows) == 4 and all(r["status"] == "success" for r in rows)
     assert {r["swept"] for r in rows} == {f"scheduler={s} model={m}" for s in ("linear", "cosine")
                                               for m in ("unet_tiny", "unet_small")}
-    assert all(float(r["val/fid_classifier"]) > 0 for r in rows)
+    assert all(float(r["val/fd_resnet"]) > 0 for r in rows)
     assert "Sweep summary" in proc.stdout
 
 

@@ -229,8 +229,8 @@ def test_wandb_without_credentials_logs_offline_and_holds_the_run(tmp_path):
     summary = json.loads(inspect.stdout)
     assert summary["state"] == "finished"
     keys = set(summary["summary"])
-    for key in ("train/loss", "train/loss_q0", "train/grad_norm", "val/loss", "val/fid_classifier",
-                "val/fid_classifier_n", "val/fid_classifier_nfe", "val/bpd", "samples", "denoising_chain",
+    for key in ("train/loss", "train/loss_q0", "train/grad_norm", "val/loss", "val/fd_resnet",
+                "val/fd_resnet_n", "val/fd_resnet_nfe", "val/bpd", "samples", "denoising_chain",
                 "forward_process"):
         assert key in keys, key
     assert summary["config"]["model"]["_target_"] == "ddpm.unet.UNet"  # the resolved config
@@ -315,7 +315,7 @@ def test_eval_py_writes_samples_and_metrics(trained, tmp_path):
     eval_dir = sorted((tmp_path / "logs" / "eval" / "runs").iterdir())[-1]
     metrics = json.loads((eval_dir / "metrics.json").read_text())
     assert metrics["global_step"] == 30 and metrics["use_ema"] is True
-    assert metrics["fid_classifier_n"] == 20 and metrics["fid_classifier"] > 0
+    assert metrics["fd_resnet_n"] == 20 and metrics["fd_resnet"] > 0
     assert metrics["bpd_n"] == 3 and metrics["bpd"] > 0 and metrics["bpd_clip_denoised"] is False
     samples = np.load(eval_dir / "samples.npz")["arr_0"]
     assert samples.shape == (20, 8, 8, 1) and samples.dtype == np.uint8

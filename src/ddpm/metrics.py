@@ -1,13 +1,16 @@
-"""Sample-quality metrics (torchmetrics' FID, KID, Inception Score) with cached reference statistics.
+"""Sample-quality metrics: a Fréchet distance (torchmetrics' FID machinery, float64 statistics) in the features of
+the offline classifier (`fd_resnet`) or of TF-Inception (`fid`), KID, the Inception Score, and beside the distance
+the numbers it folds together: improved precision / recall and the class mix (`coverage.py`).
 
-`SampleMetrics.prepare(datamodule)` builds the feature network (training the offline classifier if
-it is not cached yet) and loads, or computes once and caches, the reference statistics of the
-configured split. The cache key names the data set, split, image size, channels and feature network
-(for the classifier: a hash of its weights), so a changed image size or a retrained classifier misses.
+`SampleMetrics.prepare(datamodule)` builds the feature network (training the offline classifier if it is not
+cached yet) and loads, or computes once and caches, the reference statistics of the configured split: the FID
+sums, a fixed random subset of real features for precision / recall, and the real predicted-class histogram. The
+cache key names the data set, split, image size, channels and feature network (for the classifier: a hash of its
+weights), so a changed image size or a retrained classifier misses.
 
-Multi-GPU: every rank feeds its own share of samples; torchmetrics sums the states across ranks
-at `compute()`. Only rank 0 holds the reference statistics (the others hold zeros) so the sum
-counts them once.
+Each generated batch goes through the feature network once (`FeatureTap` hands FID's pass on to the others).
+Multi-GPU: every rank feeds its own share of samples; torchmetrics sums (or gathers) the states across ranks at
+`compute()`. Only rank 0 holds the FID reference statistics (the others hold zeros) so the sum counts them once.
 """
 
 from __future__ import annotations
@@ -21,13 +24,9 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from .features import (
-    InceptionFeatures,
-    load_classifier,
-    quantize,
-    save_classifier,
-    train_classifier,
-)
+from .coverage import ClassBalance, FeatureStore, precision_recall
+from .features import ARCH, accuracy, load_classifier, quantize, save_classifier, train_classifier
+from .inception import InceptionFeatures
 
 log = logging.getLogger(__name__)
 
@@ -38,24 +37,41 @@ REAL_STATES = ("real_features_sum", "real_features_cov_sum", "real_features_num_
 class ClassifierTraining:
     """How the offline feature classifier is trained (once per data set and image size; then cached)."""
 
-    steps: int = 1500
+    steps: int = 1000
     batch_size: int = 128
-    lr: float = 2e-3
-    width: int = 32
+    lr: float = 0.1
+    width: int = 16
     num_features: int = 128
     seed: int = 0
+
+
+class FeatureTap(nn.Module):
+    """The feature network as torchmetrics' FID sees it, keeping its last output so that precision / recall and
+    the class histogram reuse FID's pass instead of running the network again."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net, self.num_features = net, net.num_features
+        self.last: Tensor | None = None
+
+    def forward(self, images: Tensor) -> Tensor:
+        self.last = self.net(images)
+        return self.last
 
 
 @dataclass
 class SampleMetrics:
     feature: str = "classifier"  # "classifier" (offline) or "inception" (standard FID)
-    name: str = ""  # the logged key; default "fid" for inception, "fid_classifier" for the classifier
+    name: str = ""  # the logged key; default "fid" for inception, "fd_resnet" for the classifier
     cache_dir: str = "cache"
     reference_split: str = "train"
-    weights_path: str | None = None  # local TF-Inception weights (pt_inception-2015-12-05-6726825d.pth)
+    weights_path: str | None = None  # local TF-Inception weights (torch-fidelity's .pth or a TorchScript detector)
     kid: bool = False
     inception_score: bool = False
     kid_subset_size: int = 1000
+    precision_recall: bool = True  # improved precision / recall (k-NN manifolds) beside the distance
+    pr_k: int = 3
+    pr_max_samples: int = 10000  # generated and real features compared (both sides the same count)
     classifier: ClassifierTraining | dict = field(default_factory=ClassifierTraining)
 
     def __post_init__(self) -> None:
@@ -64,21 +80,23 @@ class SampleMetrics:
         if self.inception_score and self.feature != "inception":
             raise ValueError("the Inception Score needs feature=inception (it is defined on Inception's classes)")
         if not self.name:
-            self.name = "fid" if self.feature == "inception" else "fid_classifier"
+            self.name = "fid" if self.feature == "inception" else "fd_resnet"
         if self.feature != "inception" and self.name in ("fid", "kid", "inception_score"):
             raise ValueError(f"fid.name={self.name!r} is reserved for the Inception network; "
-                             "name the classifier metric differently (e.g. fid_classifier)")
+                             "name the classifier metric differently (e.g. fd_resnet)")
         if not isinstance(self.classifier, ClassifierTraining):  # a dict, or Hydra's DictConfig
             self.classifier = ClassifierTraining(**dict(self.classifier))
-        self.fid = self.kid_metric = self.is_metric = self.accuracy = None
+        self.fid = self.kid_metric = self.is_metric = self.accuracy = self.balance = self.fake_store = None
         self._labelled = False  # class accuracy is reported once samples with labels were fed
         self.net: nn.Module | None = None
+        self.tap: FeatureTap | None = None
+        self.real_pr: Tensor | None = None
         self.feature_id = ""
 
     # ----- names -------------------------------------------------------------------------------
     @property
     def fid_name(self) -> str:
-        """'fid' only for the standard Inception network; 'fid_classifier' otherwise, so nobody mistakes it."""
+        """'fid' only for the standard Inception network; 'fd_resnet' otherwise, so nobody mistakes it."""
         return self.name
 
     # ----- set-up ------------------------------------------------------------------------------
@@ -87,13 +105,15 @@ class SampleMetrics:
         fid.classifier.* trains a new classifier instead of silently reusing the cached one."""
         key = "" if self.classifier == ClassifierTraining() else "_" + hashlib.sha256(
             json.dumps(asdict(self.classifier), sort_keys=True).encode()).hexdigest()[:8]
-        return Path(self.cache_dir) / "classifiers" / f"{_data_key(datamodule)}{key}.pt"
+        return Path(self.cache_dir) / "classifiers" / f"{_data_key(datamodule)}_{ARCH}{key}.pt"
 
     def feature_network(self, datamodule) -> nn.Module:
         """The feature network; the classifier is trained here on first use and cached."""
         if self.feature == "inception":
+            net = InceptionFeatures(self.weights_path)
+            log.info("Inception weights: %s", net.source)
             self.feature_id = "inception2048"
-            return InceptionFeatures(self.weights_path)
+            return net
         path = self.classifier_path(datamodule)
         if not path.is_file():
             images, labels = datamodule.labeled_images("train")
@@ -101,13 +121,11 @@ class SampleMetrics:
                 raise ValueError(f"{datamodule.name} has no labels to train the feature classifier on: "
                                  "use fid.feature=inception (with fid.weights_path offline)")
             c = self.classifier
-            log.info("Training the feature classifier for %s (%d images, %d steps); cached at %s",
+            log.info("Training the feature classifier for %s (%d images, %d steps, once); cached at %s",
                      datamodule.name, len(images), c.steps, path)
             net, acc = train_classifier(images, labels, int(labels.max()) + 1, c.steps, c.batch_size, c.lr, c.seed,
                                         c.width, c.num_features)
-            val_images, val_labels = datamodule.labeled_images("val")
-            with torch.no_grad():
-                val_acc = float(net.logits(val_images).argmax(1).eq(val_labels).float().mean())
+            val_acc = accuracy(net, *datamodule.labeled_images("val"))
             save_classifier(net, path, {"train_accuracy": acc, "val_accuracy": val_acc, "data": _data_key(datamodule)})
             log.info("Feature classifier: train accuracy %.3f, val accuracy %.3f", acc, val_acc)
         net, _ = load_classifier(path)
@@ -122,8 +140,9 @@ class SampleMetrics:
         """Build the metrics and fill in the reference statistics. Returns True on a cache hit."""
         from torchmetrics.image.fid import FrechetInceptionDistance
 
-        self.net = self.feature_network(datamodule)
-        self.fid = FrechetInceptionDistance(feature=self.net, reset_real_features=False).to(device)
+        self.net = self.feature_network(datamodule).to(device)
+        self.tap = FeatureTap(self.net)
+        self.fid = FrechetInceptionDistance(feature=self.tap, reset_real_features=False).to(device)
         if self.feature == "classifier":  # class-conditional samples: does the classifier see the asked-for class?
             from torchmetrics.classification import MulticlassAccuracy
 
@@ -139,21 +158,25 @@ class SampleMetrics:
             self.is_metric = InceptionScore(feature_extractor_weights_path=self.weights_path).to(device)
         path = self.reference_path(datamodule)
         hit = path.is_file()
-        if hit:
-            ref = torch.load(path, map_location="cpu", weights_only=True)
-        else:
+        ref = torch.load(path, map_location="cpu", weights_only=True) if hit else None
+        if ref is None or "pr_features" not in ref:  # caches written before precision / recall lack them
             images, _ = datamodule.labeled_images(self.reference_split)
             ref = self._reference_from(images.to(device))
             path.parent.mkdir(parents=True, exist_ok=True)
             torch.save(ref, path.with_suffix(".tmp"))
             path.with_suffix(".tmp").replace(path)
-            log.info("FID reference statistics of %s/%s (%d images) cached at %s", datamodule.name,
+            log.info("Reference statistics of %s/%s (%d images) cached at %s", datamodule.name,
                      self.reference_split, len(images), path)
         if holds_reference:
             for name in REAL_STATES:
                 setattr(self.fid, name, ref[name].to(device))
             if self.kid_metric is not None:
                 self.kid_metric.real_features = [ref["features"].to(device)]
+        if self.precision_recall:
+            self.real_pr = ref["pr_features"].to(device)
+            self.fake_store = FeatureStore(self.pr_max_samples).to(device)
+        if self.feature == "classifier":
+            self.balance = ClassBalance(self.net.num_classes, ref["class_counts"]).to(device)
         return hit
 
     def prepare_on_ranks(self, datamodule, device: torch.device | str, is_zero: bool, barrier) -> None:
@@ -167,12 +190,20 @@ class SampleMetrics:
 
     @torch.no_grad()
     def _reference_from(self, images: Tensor, batch_size: int = 500) -> dict[str, Tensor]:
+        feats = []
         for start in range(0, len(images), batch_size):
             self.fid.update(images[start:start + batch_size], real=True)
+            feats.append(self.tap.last.float())
+        features = torch.cat(feats)
         ref = {name: getattr(self.fid, name).cpu() for name in REAL_STATES}
+        # a fixed random subset for precision / recall, so a prefix of it is a random sample of any size
+        order = torch.randperm(len(features), generator=torch.Generator().manual_seed(0))[:self.pr_max_samples]
+        ref["pr_features"] = features[order.to(features.device)].cpu()
         if self.kid:
-            chunks = range(0, len(images), batch_size)
-            ref["features"] = torch.cat([self.net(images[i:i + batch_size]).cpu() for i in chunks])
+            ref["features"] = features.cpu()
+        if self.feature == "classifier":
+            predicted = self.net.classify(features).argmax(1)
+            ref["class_counts"] = torch.bincount(predicted, minlength=self.net.num_classes).double().cpu()
         self.fid.reset()
         return ref
 
@@ -183,9 +214,15 @@ class SampleMetrics:
         the classes they were drawn as (class accuracy under the feature classifier)."""
         x = quantize(images)
         self.fid.update(x, real=False)
-        if labels is not None and self.accuracy is not None:
-            self.accuracy.update(self.net.logits(x).argmax(1), labels.to(x.device))
-            self._labelled = True
+        features = self.tap.last
+        if self.fake_store is not None:
+            self.fake_store.update(features)
+        if self.balance is not None:
+            logits = self.net.classify(features)
+            self.balance.update(logits)
+            if labels is not None:
+                self.accuracy.update(logits.argmax(1), labels.to(x.device))
+                self._labelled = True
         if self.kid_metric is not None:
             self.kid_metric.update(x, real=False)
         if self.is_metric is not None:
@@ -202,12 +239,19 @@ class SampleMetrics:
             out["inception_score"] = float(self.is_metric.compute()[0])
         if self._labelled:
             out["class_accuracy"] = float(self.accuracy.compute())
+        if self.balance is not None:
+            out.update(self.balance.compute())
+        if self.fake_store is not None:
+            fake = self.fake_store.compute()
+            m = min(len(fake), len(self.real_pr))
+            if m > self.pr_k:
+                out["precision"], out["recall"] = precision_recall(self.real_pr[:m], fake[:m], self.pr_k)
         self.reset()
         out[f"{self.fid_name}_n"] = n_total
         return out
 
     def reset(self) -> None:
-        for m in (self.fid, self.kid_metric, self.is_metric, self.accuracy):
+        for m in (self.fid, self.kid_metric, self.is_metric, self.accuracy, self.balance, self.fake_store):
             if m is not None:
                 m.reset()
         self._labelled = False
