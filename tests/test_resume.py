@@ -41,16 +41,38 @@ def final_state(run: Path) -> dict:
     return ckpt
 
 
+ENV = {**os.environ, "WANDB_MODE": "offline"}
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    """The uninterrupted run of each data path, started in the background at first use and shared by the tests
+    that compare a resumed run with it (it overlaps their own runs' start-up)."""
+    started: dict[tuple, tuple[subprocess.Popen, Path]] = {}
+
+    def start(*data: str) -> None:
+        if data not in started:
+            root = tmp_path_factory.mktemp("uninterrupted")
+            started[data] = (subprocess.Popen(command(root, *data), cwd=root, stdout=subprocess.DEVNULL,
+                                              stderr=subprocess.PIPE, text=True, env=ENV), root)
+
+    def result(*data: str) -> dict:
+        start(*data)
+        proc, root = started[data]
+        stderr = proc.communicate(timeout=600)[1]
+        assert proc.returncode == 0, stderr[-3000:]
+        return final_state(newest_run(root))
+
+    return start, result
+
+
 @pytest.mark.parametrize("data", [[], ["perf.data_on_device=true", "data.random_flip=true"]],
                          ids=["loader", "on_device"])
-def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path, data):
+def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path, data, uninterrupted):
     """Both data paths: the DataLoader's, and the training split held on the device with its own seeded flips."""
-    env = {**os.environ, "WANDB_MODE": "offline"}
-    full = subprocess.run(command(tmp_path / "a", *data), cwd=tmp_path, capture_output=True, text=True, env=env,
-                          timeout=600)
-    assert full.returncode == 0, full.stderr[-3000:]
-    reference = final_state(newest_run(tmp_path / "a"))
-
+    env = ENV
+    start_reference, reference_of = uninterrupted
+    start_reference(*data)
     killed = subprocess.Popen(command(tmp_path / "b", *data), cwd=tmp_path, stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL, env=env)
     deadline = time.time() + 300
@@ -70,6 +92,7 @@ def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path, data):
                              text=True, env=env, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     result = final_state(newest_run(tmp_path / "c"))
+    reference = reference_of(*data)
 
     for key in ("state_dict",):
         for name, value in reference[key].items():
@@ -80,16 +103,15 @@ def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path, data):
     assert reference["lr_schedulers"][0]["last_epoch"] == result["lr_schedulers"][0]["last_epoch"] == 40
 
 
-def test_sigterm_saves_the_current_step_marks_the_run_interrupted_and_resumes_exactly(tmp_path):
+def test_sigterm_saves_the_current_step_marks_the_run_interrupted_and_resumes_exactly(tmp_path, uninterrupted):
     """SLURM preemption or `kill`: the step in progress finishes, last.ckpt holds it (not the last periodic
     checkpoint), metrics.json says interrupted, the exit code is 128 + 15; `ckpt_path=last` then ends with
     bitwise the weights of an uninterrupted run."""
     import json
 
-    env = {**os.environ, "WANDB_MODE": "offline"}
-    full = subprocess.run(command(tmp_path / "a"), cwd=tmp_path, capture_output=True, text=True, env=env, timeout=600)
-    assert full.returncode == 0, full.stderr[-3000:]
-    reference = final_state(newest_run(tmp_path / "a"))
+    env = ENV
+    start_reference, reference_of = uninterrupted
+    start_reference()
 
     stopped = subprocess.Popen(command(tmp_path / "b"), cwd=tmp_path, stdout=subprocess.DEVNULL,
                                stderr=subprocess.PIPE, text=True, env=env)
@@ -110,5 +132,6 @@ def test_sigterm_saves_the_current_step_marks_the_run_interrupted_and_resumes_ex
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"Resuming from {run}" in resumed.stdout + resumed.stderr
     result = final_state(newest_run(tmp_path / "b"))
+    reference = reference_of()
     for name, value in reference["state_dict"].items():
         assert torch.equal(value, result["state_dict"][name]), f"{name} differs after resuming from step {step}"
