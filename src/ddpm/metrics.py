@@ -159,7 +159,7 @@ class SampleMetrics:
         path = self.reference_path(datamodule)
         hit = path.is_file()
         ref = torch.load(path, map_location="cpu", weights_only=True) if hit else None
-        if ref is None or "pr_features" not in ref:  # caches written before precision / recall lack them
+        if ref is None or "pr_features" not in ref or (self.kid and "features" not in ref):  # older caches lack them
             images, _ = datamodule.labeled_images(self.reference_split)
             ref = self._reference_from(images.to(device))
             path.parent.mkdir(parents=True, exist_ok=True)
