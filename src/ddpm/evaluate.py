@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from .checkpoint import read_checkpoint
 from .config import ConfigError, to_plain
 
 log = logging.getLogger(__name__)
@@ -34,9 +35,7 @@ def _inputs(cfg: DictConfig) -> tuple[Path, Any]:
 
     check_config(cfg, {k: v for k, v in EVAL_RULES.items() if k != "bpd_images" or "bpd" in cfg.metrics})
     ckpt = Path(cfg.ckpt_path)
-    if not ckpt.is_file():
-        raise ConfigError(f"ckpt_path {ckpt} does not exist; pass the .ckpt of a run, e.g. "
-                          "ckpt_path=logs/train/runs/<run>/checkpoints/last.ckpt")
+    read_checkpoint(ckpt)  # one line for anything that is not a checkpoint of ours
     unknown = set(cfg.metrics) - {"fid", "bpd"}
     if unknown:
         raise ConfigError(f"unknown metrics {sorted(unknown)}; choose from [fid, bpd]")
@@ -90,7 +89,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     seconds = time.perf_counter() - start
     np.savez(out_dir / f"samples_rank{rank}.npz", samples.images.permute(0, 2, 3, 1).numpy())
 
-    step = int(torch.load(ckpt, map_location="cpu", weights_only=True, mmap=True)["global_step"])
+    step = int(read_checkpoint(ckpt)["global_step"])
     results: dict[str, Any] = {"ckpt_path": str(ckpt.resolve()), "global_step": step, "use_ema": bool(cfg.use_ema),
                                "seed": int(cfg.seed), "n_samples": samples.n_total, "sampler": sampler.describe(),
                                "nfe": sampler.nfe, "clip_denoised": getattr(sampler, "clip_denoised", None),

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from .checkpoint import read_checkpoint
 from .config import ConfigError, to_plain
 
 log = logging.getLogger(__name__)
@@ -67,13 +68,6 @@ def _model_diffs(ckpt: dict[str, Any], module) -> list[str]:
     return diffs + _diff(list(saved.get("image_shape", [])), list(module.hparams.image_shape), "image_shape")
 
 
-def _read(path: Path) -> dict[str, Any]:
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as err:
-        raise ConfigError(f"could not read checkpoint {path} ({type(err).__name__}: {err}); it may be corrupt") from err
-
-
 def resolve_ckpt_path(cfg: DictConfig, module) -> str | None:
     """The checkpoint to resume from: `ckpt_path` as given; for `last`, the newest last.ckpt of this task's earlier
     runs (single runs and sweep jobs) whose model config matches this run's. With none given, in a requeued SLURM
@@ -94,7 +88,7 @@ def resolve_ckpt_path(cfg: DictConfig, module) -> str | None:
     why = []
     for candidate in found:
         try:
-            diffs = _model_diffs(_read(candidate), module)
+            diffs = _model_diffs(read_checkpoint(candidate), module)
         except ConfigError as err:
             diffs = [str(err)]
         if not diffs:
@@ -107,10 +101,7 @@ def resolve_ckpt_path(cfg: DictConfig, module) -> str | None:
 def check_checkpoint(path: str, module) -> dict[str, Any]:
     """Refuse to resume from a checkpoint trained with another network or image shape; return what
     resuming needs besides the state Lightning restores (the W&B run id)."""
-    if not Path(path).is_file():
-        raise ConfigError(f"ckpt_path {path} does not exist; give the path of a .ckpt file "
-                          "(e.g. .../checkpoints/last.ckpt)")
-    ckpt = _read(Path(path))
+    ckpt = read_checkpoint(path)
     diffs = _model_diffs(ckpt, module)
     if diffs:
         raise ConfigError(

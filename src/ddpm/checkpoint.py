@@ -1,0 +1,38 @@
+"""The one reader of this framework's checkpoints, for every entry point (train.py's `ckpt_path`, eval.py).
+
+A path that is no checkpoint of ours -- missing, a folder, a text file, a truncated download, a torch file of
+another program -- stops the run with one line that names the path and what was expected, never torch's
+unpickling traceback. Checkpoints are read with `weights_only=True` (plain values only) and memory-mapped, so
+reading one to check it costs little.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .config import ConfigError
+
+EXPECTED = "a .ckpt file written by this framework's train.py (e.g. logs/train/runs/<run>/checkpoints/last.ckpt)"
+REQUIRED_KEYS = ("state_dict", "hyper_parameters", "global_step")
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """The checkpoint's contents (tensors memory-mapped), or a ConfigError that says what is wrong with `path`."""
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"ckpt_path {path} does not exist; expected {EXPECTED}")
+    if path.is_dir():
+        raise ConfigError(f"ckpt_path {path} is a folder; expected {EXPECTED}")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as err:  # pickle, zip and mmap errors all mean the same to the user
+        raise ConfigError(f"ckpt_path {path} is not a readable torch checkpoint ({type(err).__name__}); it may be "
+                          f"truncated or another kind of file; expected {EXPECTED}") from err
+    missing = [k for k in REQUIRED_KEYS if not isinstance(ckpt, dict) or k not in ckpt]
+    if missing:
+        raise ConfigError(f"ckpt_path {path} is a torch file but not a checkpoint of this framework (no "
+                          f"{', '.join(missing)}); expected {EXPECTED}")
+    return ckpt
