@@ -140,7 +140,8 @@ def ours(mode: str, batch: int):
         with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16, enabled="bf16" in mode.split("+")):
             for t_int in range(steps - 1, -1, -1):
                 t = torch.full((n,), t_int, device="cuda", dtype=torch.long)
-                st = module.diffusion.p_mean_variance(net(xs, t), xs, t, True)
+                out = module.diffusion.split_output(net(xs, t), xs, t)  # the output as eps, whatever it predicts
+                st = module.diffusion.p_mean_variance(out.eps, xs, t, True, var_frac=out.var_frac)
                 z = torch.randn(xs.shape, device="cuda", generator=sub)
                 xs = module.diffusion.p_sample_step(st, t, z)
 

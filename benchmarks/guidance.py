@@ -31,7 +31,7 @@ def unconditional_row(module, dm, metrics, sampler, n: int, batch: int, seed: in
         b = min(batch, n - start)
         asked = class_labels(torch.arange(start, start + b), range(k), 8)
         drawn = module.sample(b, seed=derive_seed(seed, 0, i), sampler=sampler,
-                              labels=torch.full((b,), k, dtype=torch.long))
+                              labels=torch.full((b,), module.net.null_label, dtype=torch.long))
         metrics.update(dm.to_eval(drawn.images.float()), asked.to(module.device))
     return metrics.compute(n)
 

@@ -95,14 +95,24 @@ def test_label_dropout_is_binomial():
     assert abs(k - 2000) < 4 * sd  # 4 standard deviations: fails with probability < 1e-4
 
 
+class WithNull:
+    """A toy conditional network f(x, t, y) with the null label it was trained with (as UNet.null_label)."""
+
+    def __init__(self, fn, null_label: int) -> None:
+        self.fn, self.null_label = fn, null_label
+
+    def __call__(self, x, t, y):
+        return self.fn(x, t, y)
+
+
 def test_guidance_formula_and_w0_is_the_conditional_model():
     def net(x, t, y):  # a toy conditional "network" with 2C outputs
         return torch.cat([x * (y[:, None, None, None].float() + 1), x + y[:, None, None, None].float()], 1)
 
     x, t, y = torch.randn(3, 1, 2, 2), torch.zeros(3, dtype=torch.long), torch.tensor([0, 1, 2])
-    assert torch.equal(guided(net, y, 5, 0.0, 1)(x, t), net(x, t, y))
+    assert torch.equal(guided(WithNull(net, 5), y, 0.0)(x, t), net(x, t, y))
     w = 2.0
-    got = guided(net, y, 5, w, 1)(x, t)
+    got = guided(WithNull(net, 5), y, w)(x, t)
     cond, uncond = net(x, t, y), net(x, t, torch.full_like(y, 5))
     assert torch.allclose(got[:, :1], (1 + w) * cond[:, :1] - w * uncond[:, :1])
     assert torch.equal(got[:, 1:], cond[:, 1:])  # variance channels: unguided
@@ -209,7 +219,7 @@ def test_guided_gaussian_mixture_toy_samples_each_class_and_null_samples_the_mix
     labels = torch.arange(n) % 2
     se_mean, se_std = 5 * s / math.sqrt(n / 2), 5 * s / math.sqrt(n)
     for w in (0.0, 1.0, 3.0):
-        out = sampler.sample(guided(net, labels, 2, w, 1), (n, 1, 1, 1), torch.Generator().manual_seed(0)).images
+        out = sampler.sample(guided(WithNull(net, 2), labels, w), (n, 1, 1, 1), torch.Generator().manual_seed(0)).images
         for c, m in enumerate(means):
             x = out.flatten()[labels == c]
             on_side = ((x > 0) == (m > 0)).double().mean().item()
@@ -218,7 +228,7 @@ def test_guided_gaussian_mixture_toy_samples_each_class_and_null_samples_the_mix
                 assert on_side > 0.995
             else:
                 assert 0 < (x.mean().item() - m) * m < 0.15 and on_side == 1.0, (w, c, x.mean().item(), on_side)
-    null = sampler.sample(guided(net, torch.full((n,), 2), 2, 0.0, 1), (n, 1, 1, 1),
+    null = sampler.sample(guided(WithNull(net, 2), torch.full((n,), 2), 0.0), (n, 1, 1, 1),
                           torch.Generator().manual_seed(1)).images.flatten()
     assert abs(null.mean().item()) < 5 * math.sqrt(1 + s**2) / math.sqrt(n) + 0.01
     assert abs(null.std().item() - math.sqrt(1 + s**2)) < 0.02

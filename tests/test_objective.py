@@ -12,6 +12,7 @@ import torch
 
 from ddpm.diffusion import GaussianDiffusion
 from ddpm.objective import LossSecondMomentTimesteps, UniformTimesteps, build_timestep_sampler, check_objective
+from ddpm.parametrization import Parametrization
 from ddpm.schedules import linear_betas
 
 
@@ -114,12 +115,13 @@ def test_uniform_sampler_draws_as_before():
 
 def test_bad_settings_say_what_to_set():
     with pytest.raises(ValueError, match="module.loss must be one of"):
-        check_objective("fixedlarge", "kl", 0.001, "uniform", None, 0.0)
+        check_objective(Parametrization.of("eps", "fixedlarge"), "kl", 0.001, "uniform", None, 0.0)
     with pytest.raises(ValueError, match="module.timestep_sampler must be one of"):
-        check_objective("fixedlarge", "vlb", 0.001, "importance", None, 0.0)
+        check_objective(Parametrization.of("eps", "fixedlarge"), "vlb", 0.001, "importance", None, 0.0)
     with pytest.raises(ValueError, match="module.loss=vlb"):
-        check_objective("learned_range", "simple", 0.0, "uniform", None, 0.0)
-    check_objective("learned_range", "vlb", 0.0, "loss_aware", None, 0.0)  # L_vlb alone needs no lambda
+        check_objective(Parametrization.of("eps", "learned_range"), "simple", 0.0, "uniform", None, 0.0)
+    learned = Parametrization.of("eps", "learned_range")
+    check_objective(learned, "vlb", 0.0, "loss_aware", None, 0.0)  # L_vlb alone needs no lambda
     with pytest.raises(ValueError, match="module.loss_aware"):
         build_timestep_sampler("loss_aware", 10, None)
     with pytest.raises(ValueError, match="uniform_prob"):

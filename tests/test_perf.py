@@ -87,3 +87,22 @@ def test_nothing_in_the_repo_points_outside_it():
              if p.is_file() and p.suffix in (".py", ".yaml", ".md")] + [ROOT / "README.md"]
     outside = "../" + "shared"  # the project's seed documents: the repo must stand alone
     assert [str(p) for p in texts if outside in p.read_text()] == []
+
+
+MATH_LAYER = ["schedules.py", "diffusion.py", "parametrization.py", "likelihood.py", "objective.py", "coverage.py",
+              "degradations.py", "samplers"]
+
+
+def test_the_math_layer_imports_no_framework():
+    """The formulas are testable and reusable without Lightning, Hydra or OmegaConf (docs/architecture.md)."""
+    framework = re.compile(r"^\s*(import|from)\s+(lightning|pytorch_lightning|hydra|omegaconf)\b", re.M)
+    files = [p for name in MATH_LAYER for p in ([ROOT / "src" / "ddpm" / name] if name.endswith(".py")
+                                                 else (ROOT / "src" / "ddpm" / name).rglob("*.py"))]
+    assert len(files) > 8 and [p.name for p in files if framework.search(p.read_text())] == []
+
+
+def test_what_the_network_output_means_has_one_owner():
+    """The prediction / variance names are branched on in parametrization.py alone (configs and docs aside)."""
+    names = re.compile(r"learned_range|\"x0\"|== \"v\"")
+    owners = {p.name for p in (ROOT / "src").rglob("*.py") if names.search(p.read_text())}
+    assert owners == {"parametrization.py"}

@@ -24,18 +24,13 @@ def _div(a: Any, b: Any) -> int | float:
     return a // b if a % b == 0 else a / b
 
 
-def _out_channels(channels: Any, variance_type: Any) -> int:
-    """`${out_channels:${data.channels},${module.variance_type}}`: a learned variance needs C more channels."""
-    return 2 * int(channels) if variance_type == "learned_range" else int(channels)
-
-
 def _is_set(value: Any) -> bool:
     """`${is_set:${model.num_classes}}`: a conditional model gets labelled batches."""
     return value is not None
 
 
 def register_resolvers() -> None:
-    for name, fn in (("div", _div), ("out_channels", _out_channels), ("is_set", _is_set)):
+    for name, fn in (("div", _div), ("is_set", _is_set)):
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, fn)
 

@@ -4,9 +4,9 @@ Notation follows the paper with code indices t = 0..T-1 (the paper's t = 1..T):
     alphas_cumprod[t]      = abar_t = prod_{s <= t} (1 - beta_s)
     alphas_cumprod_prev[t] = abar_{t-1}, with abar_{-1} := 1
 All coefficients are float64 buffers; `_gather` casts to the dtype of the tensor they multiply.
-This module knows nothing of the network: `split_output` reads its output once as eps (whatever it predicts:
-eps, x_0 or v = sqrt(abar_t) eps - sqrt(1 - abar_t) x_0) plus, for learned_range (Improved DDPM), the variance
-fraction; samplers, bits/dim and guidance see eps. L_hybrid: `training_terms`. Formulas: docs/math.md.
+This module knows nothing of the network: what its output means (eps, x_0 or v; a fixed or learned variance) is
+the `Parametrization`'s (`parametrization.py`), which `split_output` applies once, so samplers, bits/dim and
+guidance see eps. L_hybrid: `training_terms`. Formulas: docs/math.md.
 """
 
 from __future__ import annotations
@@ -18,20 +18,13 @@ import torch
 from torch import Tensor, nn
 
 from .likelihood import LN2, discretized_gaussian_log_likelihood, mean_over_dims, normal_kl
+from .parametrization import PREDICTIONS, VARIANCES, ModelOutput, Parametrization
 from .schedules import validate_betas
 
-VARIANCE_TYPES = ("fixedlarge", "fixedsmall", "learned_range")
-PREDICTIONS = ("eps", "x0", "v")
+VARIANCE_TYPES = tuple(VARIANCES)
+__all__ = ["GaussianDiffusion", "ModelOutput", "ReverseStep", "PREDICTIONS", "VARIANCE_TYPES", "EpsModel"]
 
 EpsModel = Callable[[Tensor, Tensor], Tensor]  # the network f(x_t, t); x_t (B, C, H, W), t (B,) long
-
-
-@dataclass
-class ModelOutput:
-    """The network's output as eps (B, C, H, W) and learned_range's frac in [0, 1] (B, C, H, W), else None."""
-
-    eps: Tensor
-    var_frac: Tensor | None = None
 
 
 @dataclass
@@ -39,7 +32,7 @@ class ReverseStep:
     """p(x_{t-1} | x_t) = N(mean, exp(log_variance)), plus the x0 estimate it came from."""
 
     mean: Tensor
-    variance: Tensor  # (B, 1, 1, 1); (B, C, H, W) for learned_range
+    variance: Tensor  # (B, 1, 1, 1); (B, C, H, W) for a learned variance
     log_variance: Tensor  # as variance
     pred_x0: Tensor
 
@@ -59,11 +52,7 @@ class GaussianDiffusion(nn.Module):
 
     def __init__(self, betas: Tensor, variance_type: str = "fixedlarge", prediction: str = "eps") -> None:
         super().__init__()
-        if variance_type not in VARIANCE_TYPES:
-            raise ValueError(f"module.variance_type must be one of {VARIANCE_TYPES}, got {variance_type!r}")
-        if prediction not in PREDICTIONS:
-            raise ValueError(f"module.prediction must be one of {PREDICTIONS}, got {prediction!r}")
-        self.variance_type, self.prediction = variance_type, prediction
+        self.parametrization = Parametrization.of(prediction, variance_type)
         betas = validate_betas(torch.as_tensor(betas, dtype=torch.float64).cpu())
         alphas = 1.0 - betas
         alphas_cumprod = torch.cumprod(alphas, dim=0)
@@ -92,19 +81,36 @@ class GaussianDiffusion(nn.Module):
             "posterior_mean_coef1": betas * alphas_cumprod_prev.sqrt() / (1.0 - alphas_cumprod),
             "posterior_mean_coef2": (1.0 - alphas_cumprod_prev) * alphas.sqrt() / (1.0 - alphas_cumprod),
         }
-        # fixedlarge: sigma_t^2 = beta_t, except beta_tilde_1 at t=0 (DDPM's choice for the decoder NLL).
-        # fixedsmall: sigma_t^2 = beta_tilde_t (log uses beta_tilde_1 at t=0, like improved-diffusion).
-        # learned_range: between log beta (frac = 1; beta_0 at t = 0, as improved-diffusion) and clipped log beta_tilde
-        buffers["log_betas"] = betas.log()
-        if variance_type in ("fixedlarge", "learned_range"):
-            large = betas.clone()
-            large[0] = posterior_variance_clipped[0]
-            buffers["model_variance"], buffers["model_log_variance"] = large, large.log()
-        else:
-            buffers["model_variance"] = posterior_variance
-            buffers["model_log_variance"] = buffers["posterior_log_variance_clipped"]
+        # the reverse variances' tables (which one a run uses is its Parametrization's): beta_t with beta_tilde_1 at
+        # t = 0 (fixedlarge: DDPM's choice for the decoder NLL) and log beta_t (a learned variance's frac = 1 end)
+        large = betas.clone()
+        large[0] = posterior_variance_clipped[0]
+        buffers.update(large_variance=large, large_log_variance=large.log(), log_betas=betas.log())
         for name, value in buffers.items():
             self.register_buffer(name, value, persistent=False)
+
+    @property
+    def variance_type(self) -> str:
+        return self.parametrization.variance.name
+
+    @property
+    def prediction(self) -> str:
+        return self.parametrization.prediction.name
+
+    @property
+    def model_log_variance(self) -> Tensor:
+        """The fixed reverse variance's log over t (T,), as improved-diffusion names it."""
+        t = torch.arange(self.num_timesteps, device=self.betas.device)
+        return self.parametrization.variance.log_variance(self, t, self.betas, None)
+
+    @property
+    def model_variance(self) -> Tensor:
+        t = torch.arange(self.num_timesteps, device=self.betas.device)
+        return self.parametrization.variance.variance(self, t, self.betas, None)
+
+    def at(self, coef: Tensor, t: Tensor, like: Tensor) -> Tensor:
+        """A coefficient table at t, shaped to broadcast against `like` and in its dtype."""
+        return _gather(coef, t, like)
 
     @property
     def num_timesteps(self) -> int:
@@ -150,50 +156,29 @@ class GaussianDiffusion(nn.Module):
         """x_0 = sqrt(abar_t) x_t - sqrt(1 - abar_t) v."""
         return _gather(self.sqrt_alphas_cumprod, t, x_t) * x_t - _gather(self.sqrt_one_minus_alphas_cumprod, t, x_t) * v
 
-    # ----- reading the network's output --------------------------------------------------------
+    # ----- reading the network's output (the Parametrization's; these name it for callers) ------------------
     def output_channels(self, channels: int) -> int:
         """Channels the network must return for images of `channels` channels: 2C with a learned variance."""
-        return 2 * channels if self.variance_type == "learned_range" else channels
+        return self.parametrization.out_channels(channels)
 
     def training_target(self, x0: Tensor, t: Tensor, noise: Tensor) -> Tensor:
         """What the network regresses onto in L_simple: eps, x_0 or v (MSE in the target's own space)."""
-        if self.prediction == "eps":
-            return noise
-        return x0 if self.prediction == "x0" else self.v_target(x0, t, noise)
+        return self.parametrization.prediction.target(self, x0, t, noise)
 
     def eps_from_prediction(self, x_t: Tensor, t: Tensor, pred: Tensor) -> Tensor:
-        """The one conversion layer: whatever the network predicts, as eps."""
-        if self.prediction == "eps":
-            return pred
-        if self.prediction == "x0":
-            return self.predict_eps_from_x0(x_t, t, pred)
-        return self.predict_eps_from_v(x_t, t, pred)
+        """Whatever the network predicts, as eps."""
+        return self.parametrization.prediction.to_eps(self, x_t, t, pred)
 
     def check_output(self, out: Tensor, x_t: Tensor) -> None:
-        c = x_t.shape[1]
-        if out.shape[1] != self.output_channels(c) or out.shape[0] != x_t.shape[0] or out.shape[2:] != x_t.shape[2:]:
-            need = "2 x data.channels (learned_range)" if self.variance_type == "learned_range" else "data.channels"
-            raise ValueError(f"the network returned shape {tuple(out.shape)} for input {tuple(x_t.shape)}; its "
-                             f"out_channels must be {need} = {self.output_channels(c)}")
+        self.parametrization.check_output(out, x_t)
 
     def split_output(self, out: Tensor, x_t: Tensor, t: Tensor) -> ModelOutput:
-        """The network's output (B, C or 2C, H, W) as eps and, for learned_range, frac = (v + 1) / 2."""
-        self.check_output(out, x_t)
-        c = x_t.shape[1]
-        pred = out[:, :c].to(x_t.dtype)
-        frac = (out[:, c:].to(x_t.dtype) + 1) / 2 if self.variance_type == "learned_range" else None
-        return ModelOutput(eps=self.eps_from_prediction(x_t, t, pred), var_frac=frac)
+        """The network's output (B, C or 2C, H, W) as eps and, for a learned variance, frac = (v + 1) / 2."""
+        return self.parametrization.read(self, out, x_t, t)
 
     def log_variance_of(self, t: Tensor, like: Tensor, var_frac: Tensor | None = None) -> Tensor:
-        """log sigma_t^2 of p(x_{t-1} | x_t): the fixed choice (B, 1, 1, 1), or for learned_range
-        frac log beta_t + (1 - frac) log beta_tilde_t (clipped) per element (B, C, H, W)."""
-        if self.variance_type != "learned_range":
-            return _gather(self.model_log_variance, t, like)
-        if var_frac is None:
-            raise ValueError("variance_type=learned_range needs the network's variance channels (var_frac)")
-        max_log = _gather(self.log_betas, t, like)
-        min_log = _gather(self.posterior_log_variance_clipped, t, like)
-        return var_frac * max_log + (1 - var_frac) * min_log
+        """log sigma_t^2 of p(x_{t-1} | x_t): the fixed choice (B, 1, 1, 1), or a learned one per element."""
+        return self.parametrization.variance.log_variance(self, t, like, var_frac)
 
     # ----- reverse process -------------------------------------------------------------------
     def reverse_mean_from_eps(self, x_t: Tensor, t: Tensor, eps: Tensor) -> Tensor:
@@ -204,7 +189,7 @@ class GaussianDiffusion(nn.Module):
     def p_mean_variance(self, eps: Tensor, x_t: Tensor, t: Tensor, clip_denoised: bool = True,
                         var_frac: Tensor | None = None) -> ReverseStep:
         """p(x_{t-1} | x_t) through x0_hat: x0_hat from eps, optionally clipped to [-1, 1], then mu_tilde; the
-        variance is the fixed one, or learned_range's from var_frac.
+        variance is the parametrization's (a learned one from var_frac).
 
         Without clipping this equals `reverse_mean_from_eps`; clipping is for sampling only.
         """
@@ -213,7 +198,7 @@ class GaussianDiffusion(nn.Module):
             pred_x0 = pred_x0.clamp(-1.0, 1.0)
         mean, _, _ = self.q_posterior_mean_variance(pred_x0, x_t, t)
         log_variance = self.log_variance_of(t, x_t, var_frac)
-        variance = log_variance.exp() if self.variance_type == "learned_range" else _gather(self.model_variance, t, x_t)
+        variance = self.parametrization.variance.variance(self, t, x_t, var_frac)
         return ReverseStep(mean=mean, variance=variance, log_variance=log_variance, pred_x0=pred_x0)
 
     def p_sample_step(self, step: ReverseStep, t: Tensor, noise: Tensor) -> Tensor:
@@ -230,7 +215,7 @@ class GaussianDiffusion(nn.Module):
     def training_terms(self, model: EpsModel, x0: Tensor, t: Tensor | None = None, noise: Tensor | None = None,
                        vlb_weight: float = 0.0, loss: str = "simple") -> dict[str, Tensor]:
         """Per-sample losses (B,): `mse` (L_simple, in the prediction's space), `vlb` (L_t, bits/dim), `loss`:
-        "simple": mse, for learned_range + vlb_weight T vlb with the mean frozen in vlb (L_hybrid; 0.001 gives
+        "simple": mse, with a learned variance + vlb_weight T vlb, the mean frozen in vlb (L_hybrid; 0.001 gives
         improved-diffusion's T / 1000, once); "vlb": T vlb, nothing frozen (improved-diffusion's rescaled KL)."""
         if loss not in ("simple", "vlb"):
             raise ValueError(f"module.loss must be simple or vlb, got {loss!r}")
@@ -239,13 +224,14 @@ class GaussianDiffusion(nn.Module):
         x_t = self.q_sample(x0, t, noise)
         out, c = model(x_t, t), x0.shape[1]
         self.check_output(out, x_t)
-        mse = (out[:, :c].float() - self.training_target(x0.float(), t, noise.float())).pow(2).flatten(1).mean(dim=1)
+        pred = self.parametrization.prediction_channels(out, c).float()
+        mse = (pred - self.training_target(x0.float(), t, noise.float())).pow(2).flatten(1).mean(dim=1)
         terms = {"mse": mse, "loss": mse}
         if loss == "vlb":
             full = self.split_output(out.float(), x_t.float(), t)
             terms["vlb"] = self.vlb_terms_bpd(full.eps, x0, x_t, t, clip_denoised=False, var_frac=full.var_frac).float()
             terms["loss"] = self.num_timesteps * terms["vlb"]
-        elif self.variance_type == "learned_range":
+        elif self.parametrization.variance.learned:
             # stop-gradient on the mean: L_t trains only the variance channels (Nichol & Dhariwal 2021, sec. 3.1)
             frozen = self.split_output(torch.cat([out[:, :c].detach(), out[:, c:]], 1).float(), x_t.float(), t)
             terms["vlb"] = self.vlb_terms_bpd(frozen.eps, x0, x_t, t, False, var_frac=frozen.var_frac).float()

@@ -42,20 +42,22 @@ def conditional(net: nn.Module, labels: Tensor | None) -> EpsModel:
     return lambda x, t: net(x, t, labels)
 
 
-def guided(net: nn.Module, labels: Tensor, null_label: int, guidance_scale: float, channels: int) -> EpsModel:
-    """f(x_t, t) with guidance w = `guidance_scale`: one batched forward of 2B (conditional, then null) per call;
-    w = 0 is one forward of the conditional model. The first `channels` output channels are guided."""
+def guided(net: nn.Module, labels: Tensor, guidance_scale: float) -> EpsModel:
+    """f(x_t, t) with guidance w = `guidance_scale`: one batched forward of 2B (conditional, then the network's own
+    null label, `net.null_label`) per call; w = 0 is one forward of the conditional model. The prediction channels
+    (the first C, C = x_t's channels) are guided, a learned variance's channels come from the conditional pass."""
     w = float(guidance_scale)
     if not w >= 0:
         raise ValueError(f"guidance_scale must be >= 0 (0: the conditional model), got {guidance_scale}")
     if w == 0:
         return conditional(net, labels)
-    null = torch.full_like(labels, null_label)
+    null = torch.full_like(labels, net.null_label)
 
     def model(x: Tensor, t: Tensor) -> Tensor:
         out = net(torch.cat([x, x]), torch.cat([t, t]), torch.cat([labels, null]))  # (2B, C or 2C, H, W)
         cond, uncond = out.chunk(2)
-        pred = (1 + w) * cond[:, :channels] - w * uncond[:, :channels]
-        return torch.cat([pred, cond[:, channels:]], dim=1)
+        c = x.shape[1]
+        pred = (1 + w) * cond[:, :c] - w * uncond[:, :c]
+        return torch.cat([pred, cond[:, c:]], dim=1)
 
     return model

@@ -43,7 +43,7 @@ class DiffusionModule(pl.LightningModule):
                  loss_aware: dict[str, Any] | None = None, **legacy: Any) -> None:
         """perf: the `perf` config group (None: eager fp32). check_every_n_steps: how often the loss is checked
         for NaN and the per-quarter losses are logged (each check waits for the GPU); 0 never. prediction: eps | x0
-        | v; vlb_weight: lambda of L_hybrid, used with learned_range only (a fixed variance has nothing for L_vlb to
+        | v; vlb_weight: lambda of L_hybrid, used with a learned variance only (a fixed one has nothing for L_vlb to
         train); cond_drop_prob: label dropout of a conditional model; loss, timestep_sampler, loss_aware: see
         `objective.py`. With a fixed variance and no classes the defaults are DDPM's, so checkpoints saved before
         these existed load unchanged."""
@@ -53,9 +53,10 @@ class DiffusionModule(pl.LightningModule):
             raise TypeError(f"DiffusionModule got unexpected arguments {sorted(legacy)}")
         self.save_hyperparameters()
         self.hparams["perf"] = perf
-        self.net = instantiate(model)
         self.diffusion = GaussianDiffusion(instantiate(scheduler), variance_type=variance_type, prediction=prediction)
-        check_objective(variance_type, loss, float(vlb_weight), timestep_sampler, self.num_classes,
+        self.hparams["model"] = model = self.diffusion.parametrization.network_config(model, int(image_shape[0]))
+        self.net = instantiate(model)
+        check_objective(self.diffusion.parametrization, loss, float(vlb_weight), timestep_sampler, self.num_classes,
                         float(cond_drop_prob))
         self.timestep_sampler = build_timestep_sampler(timestep_sampler, self.diffusion.num_timesteps, loss_aware)
         # part of state_dict: checkpointed and restored with the network, used for every sample
@@ -123,7 +124,7 @@ class DiffusionModule(pl.LightningModule):
         images = images.contiguous(memory_format=self.plan.batch_memory_format)
         t, weights = self.timestep_sampler.sample(images.shape[0], images.device)  # weights: 1 / (T p_t)
         if labels is not None:  # classifier-free guidance: the null label with probability cond_drop_prob
-            labels = drop_labels(labels, self.num_classes, float(self.hparams.cond_drop_prob))
+            labels = drop_labels(labels, self.net.null_label, float(self.hparams.cond_drop_prob))
         if self.plan.cuda_graphs:
             torch.compiler.cudagraph_mark_step_begin()  # a new iteration: the last step's graph outputs may be reused
         terms = self.diffusion.training_terms(conditional(self.network("train"), labels), images, t=t,
@@ -235,7 +236,7 @@ class DiffusionModule(pl.LightningModule):
             net = self.network("sample") if use_ema else base
             if self.num_classes is not None:
                 labels = labels if labels is not None else torch.arange(n) % self.num_classes
-                net = guided(net, labels.to(self.device), self.num_classes, guidance_scale, self.image_shape[0])
+                net = guided(net, labels.to(self.device), guidance_scale)
             elif labels is not None or guidance_scale:
                 raise UserError("labels / guidance_scale need a class-conditional model (model.num_classes)")
             g = torch.Generator(device=self.device).manual_seed(seed)

@@ -1,6 +1,6 @@
 """What the training loss averages: which loss, and how t is drawn.
 
-`loss`: "simple" is L_simple (with learned_range, L_hybrid = L_simple + lambda L_vlb, the mean frozen in
+`loss`: "simple" is L_simple (with a learned variance, L_hybrid = L_simple + lambda L_vlb, the mean frozen in
 L_vlb); "vlb" is L_vlb alone, T L_t per sample (its one-t estimate; every output, the mean too, trained by the
 bound). L_vlb's terms differ by orders of magnitude over t (L_0 and the first KLs dominate), so uniform t makes
 a noisy estimate of it; Nichol & Dhariwal (2021, sec. 3.3) draw t by importance instead:
@@ -18,20 +18,22 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from .parametrization import Parametrization
+
 LOSSES = ("simple", "vlb")
 TIMESTEP_SAMPLERS = ("uniform", "loss_aware")
 
 
-def check_objective(variance_type: str, loss: str, vlb_weight: float, timestep_sampler: str,
+def check_objective(parametrization: Parametrization, loss: str, vlb_weight: float, timestep_sampler: str,
                     num_classes: int | None, cond_drop_prob: float) -> None:
     """ValueError for settings that would train nothing or silently ignore a part."""
     if loss not in LOSSES:
         raise ValueError(f"module.loss must be one of {LOSSES}, got {loss!r}")
     if timestep_sampler not in TIMESTEP_SAMPLERS:
         raise ValueError(f"module.timestep_sampler must be one of {TIMESTEP_SAMPLERS}, got {timestep_sampler!r}")
-    if variance_type == "learned_range" and loss == "simple" and not vlb_weight > 0:
-        raise ValueError("module.variance_type=learned_range trains the variance through L_vlb only: set "
-                         "module.vlb_weight > 0 (Improved DDPM: 0.001), or module.loss=vlb")
+    if parametrization.variance.learned and loss == "simple" and not vlb_weight > 0:
+        raise ValueError(f"module.variance_type={parametrization.variance.name} trains the variance through L_vlb "
+                         "only: set module.vlb_weight > 0 (Improved DDPM: 0.001), or module.loss=vlb")
     if cond_drop_prob and num_classes is None:
         raise ValueError("module.cond_drop_prob needs a class-conditional model: set model.num_classes")
     if not 0.0 <= cond_drop_prob <= 1.0:

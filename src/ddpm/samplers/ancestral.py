@@ -53,7 +53,7 @@ class AncestralSampler(Sampler):
                 state: dict) -> Tensor:
         chain, i = self.chain(), self.nfe - 1 - k  # the step's index on the (respaced) chain
         i_t = t if chain is self.diffusion else torch.full_like(t, i)
-        # learned_range: frac interpolates between the respaced chain's beta'_i and beta_tilde'_i
+        # a learned variance: frac interpolates between the respaced chain's beta'_i and beta_tilde'_i
         step = chain.p_mean_variance(out.eps, x, i_t, clip_denoised=self.clip_denoised, var_frac=out.var_frac)
         z = torch.randn(x.shape, device=x.device, generator=generator) if i > 0 else torch.zeros_like(x)
         return chain.p_sample_step(step, i_t, z)
