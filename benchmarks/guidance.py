@@ -41,8 +41,8 @@ def main() -> None:
     from omegaconf import OmegaConf
     from torchvision.utils import save_image
 
-    from ddpm.callbacks import to_grid
     from ddpm.evaluation import draw_samples
+    from ddpm.images import to_grid
 
     p = argparse.ArgumentParser()
     p.add_argument("ckpt", type=Path)

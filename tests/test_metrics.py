@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from ddpm.data import DigitsDataModule
-from ddpm.features import ClassifierFeatures, quantize
+from ddpm.features import ClassifierFeatures
+from ddpm.images import quantize
 from ddpm.inception import InceptionFeatures
 from ddpm.metrics import SampleMetrics
 

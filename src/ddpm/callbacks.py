@@ -13,31 +13,17 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
 from torch import Tensor
-from torchvision.utils import make_grid, save_image
+from torchvision.utils import save_image
 
 from . import preemption
 from .data import image_of
 from .evaluation import bits_per_dim, draw_samples
+from .images import frames_grid, to_grid
 from .loggers import log_image, log_metrics
 from .metrics import SampleMetrics
 from .samplers import Sampler, chain_timesteps, pick_frames
 
 log = logging.getLogger(__name__)
-
-
-def to_grid(images: Tensor, nrow: int, upscale: int) -> Tensor:
-    """(B, C, H, W) in [-1, 1] (or uint8) -> one (C, H', W') grid in [0, 1], pixels enlarged `upscale` times."""
-    x = images.float() / 127.5 - 1 if images.dtype == torch.uint8 else images.float()
-    x = ((x.clamp(-1, 1) + 1) / 2).cpu()
-    if upscale > 1:
-        x = torch.nn.functional.interpolate(x, scale_factor=upscale, mode="nearest")
-    return make_grid(x, nrow=nrow, padding=max(upscale, 2), pad_value=1.0)
-
-
-def frames_grid(frames: list[Tensor], upscale: int) -> Tensor:
-    """Frames (each (B, C, H, W)) as a grid with one row per image and one column per frame."""
-    stacked = torch.stack(frames, dim=1)  # (B, F, C, H, W)
-    return to_grid(stacked.flatten(0, 1), nrow=len(frames), upscale=upscale)
 
 
 def report(trainer: pl.Trainer, metrics: dict[str, float]) -> None:

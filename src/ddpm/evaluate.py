@@ -119,7 +119,7 @@ def _write(cfg: DictConfig, out_dir: Path, results: dict[str, Any], world: int) 
     """Rank 0: the shards as one samples.npz, the grid, metrics.json, and the loggers."""
     from torchvision.utils import save_image
 
-    from .callbacks import to_grid
+    from .images import to_grid
     from .loggers import build_loggers, log_image, log_metrics
 
     parts = [np.load(out_dir / f"samples_rank{r}.npz")["arr_0"] for r in range(world)]

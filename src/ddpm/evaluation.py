@@ -19,10 +19,9 @@ import torch
 from torch import Tensor
 
 from . import preemption
-from .config import ConfigError
 from .data import image_of
-from .features import quantize
-from .guidance import class_labels
+from .guidance import check_conditioning, class_labels
+from .images import quantize
 from .rng import derive_seed
 
 ReduceSum = Callable[[Tensor], Tensor]  # sums a tensor over ranks (identity on one process)
@@ -59,12 +58,7 @@ def draw_samples(module, n: int, batch_size: int, seed: int, rank: int, world: i
     kept, all of them fed to `metrics` (with the labels they were drawn with, for class accuracy). classes: the
     labels to draw (None: all of a conditional model's classes); guidance_scale: classifier-free guidance w."""
     k = module.num_classes
-    if k is None and (classes or guidance_scale):
-        raise ConfigError("classes / guidance_scale need a class-conditional checkpoint (model.num_classes)")
-    if k is not None:
-        classes = list(range(k)) if classes is None else [int(c) for c in classes]
-        if not classes or min(classes) < 0 or max(classes) >= k:
-            raise ConfigError(f"classes must be labels in 0..{k - 1}, got {classes}")
+    classes = check_conditioning(k, classes=classes, guidance_scale=guidance_scale)
     per_rank = math.ceil(n / world)
     kept: list[Tensor] = []
     out = Samples(images=torch.empty(0, dtype=torch.uint8), n_total=per_rank * world)

@@ -92,11 +92,6 @@ def load_classifier(path: Path) -> tuple[ClassifierFeatures, dict]:
     return net.eval().requires_grad_(False), blob["meta"]
 
 
-def quantize(images: Tensor) -> Tensor:
-    """[-1, 1] float -> uint8 [0, 255], rounding as an 8-bit PNG would: FID sees what a viewer sees."""
-    return ((images.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-
-
 @torch.no_grad()
 def accuracy(net: ClassifierFeatures, images: Tensor, labels: Tensor, batch_size: int = 1024) -> float:
     hits = sum(int(net.logits(images[i:i + batch_size]).argmax(1).eq(labels[i:i + batch_size]).sum())

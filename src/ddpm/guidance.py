@@ -42,13 +42,39 @@ def conditional(net: nn.Module, labels: Tensor | None) -> EpsModel:
     return lambda x, t: net(x, t, labels)
 
 
+def check_guidance_scale(guidance_scale: float) -> float:
+    """w >= 0 (0: the conditional model); the one place this rule lives."""
+    from .config import ConfigError
+
+    w = float(guidance_scale)
+    if not w >= 0:
+        raise ConfigError(f"guidance_scale must be >= 0 (0: the conditional model), got {guidance_scale}")
+    return w
+
+
+def check_conditioning(num_classes: int | None, labels: object = None, guidance_scale: float = 0.0,
+                       classes: Sequence[int] | None = None) -> list[int] | None:
+    """The one check of what a sampling request asks of the model: labels, classes and guidance only for a
+    class-conditional one, w >= 0, classes within 0..K-1. Returns the classes to draw (None: unconditional;
+    default: all K in turn). ConfigError, one line each."""
+    from .config import ConfigError
+
+    if num_classes is None:
+        if labels is not None or classes or guidance_scale:
+            raise ConfigError("labels / classes / guidance_scale need a class-conditional model (model.num_classes)")
+        return None
+    check_guidance_scale(guidance_scale)
+    classes = list(range(num_classes)) if classes is None else [int(c) for c in classes]
+    if not classes or min(classes) < 0 or max(classes) >= num_classes:
+        raise ConfigError(f"classes must be labels in 0..{num_classes - 1}, got {classes}")
+    return classes
+
+
 def guided(net: nn.Module, labels: Tensor, guidance_scale: float) -> EpsModel:
     """f(x_t, t) with guidance w = `guidance_scale`: one batched forward of 2B (conditional, then the network's own
     null label, `net.null_label`) per call; w = 0 is one forward of the conditional model. The prediction channels
     (the first C, C = x_t's channels) are guided, a learned variance's channels come from the conditional pass."""
-    w = float(guidance_scale)
-    if not w >= 0:
-        raise ValueError(f"guidance_scale must be >= 0 (0: the conditional model), got {guidance_scale}")
+    w = check_guidance_scale(guidance_scale)
     if w == 0:
         return conditional(net, labels)
     null = torch.full_like(labels, net.null_label)

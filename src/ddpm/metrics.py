@@ -25,7 +25,8 @@ import torch
 from torch import Tensor, nn
 
 from .coverage import ClassBalance, FeatureStore, precision_recall
-from .features import ARCH, accuracy, load_classifier, quantize, save_classifier, train_classifier
+from .features import ARCH, accuracy, load_classifier, save_classifier, train_classifier
+from .images import quantize
 from .inception import InceptionFeatures
 
 log = logging.getLogger(__name__)

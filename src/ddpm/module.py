@@ -21,7 +21,7 @@ from torch import Tensor
 from .config import UserError
 from .diffusion import GaussianDiffusion
 from .ema import EMA, ema_decay_at
-from .guidance import conditional, drop_labels, guided
+from .guidance import check_conditioning, conditional, drop_labels, guided
 from .loggers import resume_ids
 from .objective import build_timestep_sampler, check_objective
 from .optim import build_optimizer, clip_gradients
@@ -234,11 +234,10 @@ class DiffusionModule(pl.LightningModule):
         base.eval()
         try:
             net = self.network("sample") if use_ema else base
+            check_conditioning(self.num_classes, labels, guidance_scale)
             if self.num_classes is not None:
                 labels = labels if labels is not None else torch.arange(n) % self.num_classes
                 net = guided(net, labels.to(self.device), guidance_scale)
-            elif labels is not None or guidance_scale:
-                raise UserError("labels / guidance_scale need a class-conditional model (model.num_classes)")
             g = torch.Generator(device=self.device).manual_seed(seed)
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.plan.sample_bf16):
                 return (sampler or self.sampler).sample(net, (n, *self.image_shape), generator=g,
