@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 
 from ddpm.diffusion import GaussianDiffusion
@@ -258,3 +259,21 @@ def test_benchmark_frac_ablation_replaces_the_variance_head_by_the_constant():
         want = _draw(AncestralSampler(GaussianDiffusion(betas, fixed), num_steps=20, clip_denoised=False,
                                       progress=False), exact_predictor("eps", learned.alphas_cumprod), n=256)
         torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-9)
+
+
+def test_one_check_of_a_sampling_requests_conditioning():
+    from ddpm.config import ConfigError
+    from ddpm.guidance import check_conditioning
+
+    assert check_conditioning(None) is None
+    assert check_conditioning(3) == [0, 1, 2] and check_conditioning(3, classes=[2, 0]) == [2, 0]
+    for kwargs, message in [({"num_classes": None, "guidance_scale": 1.0}, "need a class-conditional model"),
+                            ({"num_classes": None, "classes": [0]}, "need a class-conditional model"),
+                            ({"num_classes": None, "labels": torch.zeros(2)}, "need a class-conditional model"),
+                            ({"num_classes": 3, "guidance_scale": -0.5}, "guidance_scale must be >= 0"),
+                            ({"num_classes": 3, "classes": [3]}, r"classes must be labels in 0..2"),
+                            ({"num_classes": 3, "classes": []}, r"classes must be labels in 0..2")]:
+        with pytest.raises(ConfigError, match=message):
+            check_conditioning(**kwargs)
+    with pytest.raises(ConfigError, match="guidance_scale must be >= 0"):
+        guided(WithNull(lambda x, t, y: x, 1), torch.zeros(1, dtype=torch.long), -1.0)
