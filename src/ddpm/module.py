@@ -141,7 +141,7 @@ class DiffusionModule(pl.LightningModule):
             for name in ("mse", "vlb") if "vlb" in terms else ():  # L_hybrid's parts (vlb: L_t in bits/dim)
                 self.log(f"train/{name}", terms[name].detach().mean(), on_step=True, on_epoch=False)
         # Not prog_bar=True: Lightning turns progress-bar tensors into floats at every step, a wait for the GPU
-        # (8.5 ms of host time per step in Trainer.fit on an H100, benchmarks/RESULTS.md).
+        # (its cost in host time per step: benchmarks/RESULTS.md).
         self.log("train/loss", loss, on_step=True, on_epoch=False, batch_size=images.shape[0])
         return loss
 
