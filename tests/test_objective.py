@@ -153,3 +153,24 @@ def test_vlb_loss_is_t_times_l_t_and_trains_the_mean_too(variance_type):
         torch.testing.assert_close(terms["loss"].double(), T * l_t, rtol=1e-6, atol=0)
         (eps_grad,) = torch.autograd.grad(terms["loss"].sum(), net.conv.weight)
         assert eps_grad[0].abs().sum() > 0  # output channel 0 is eps
+
+
+def test_the_objective_object_weights_gathers_and_splits_by_quarter():
+    """Objective: the step's loss is the mean of the per-sample losses (uniform t: weight 1); a loss-aware sampler
+    is updated with what `gather` returns (here: this rank's values twice, as two ranks would); the per-quarter
+    statistics equal a hand computation."""
+    from ddpm.objective import Objective, TrainingLoss
+
+    d = GaussianDiffusion(linear_betas(40))
+    net = _Net(1)
+    x0 = torch.rand(16, 1, 4, 4) * 2 - 1
+    torch.manual_seed(0)
+    out = Objective(d, "simple", 0.0, "uniform", None, 0.0, None, None)(net, x0, None)
+    assert torch.allclose(out.loss, out.losses.mean()) and out.parts == {}
+    aware = Objective(d, "vlb", 0.0, "loss_aware", {"history_per_term": 4, "uniform_prob": 0.001}, 0.0, None, None)
+    aware(net, x0, None, gather=lambda v: torch.cat([v, v]))
+    assert int(aware.timestep_sampler.loss_count.sum()) <= 2 * 16 and int(aware.timestep_sampler.loss_count.sum()) > 16
+    manual = TrainingLoss(torch.tensor(0.0), torch.tensor([1.0, 2.0, 3.0, 5.0]), torch.tensor([0, 9, 10, 39]), {})
+    assert manual.by_quarter(40) == {0: (1.5, 2), 1: (3.0, 1), 3: (5.0, 1)}
+    with pytest.raises(ValueError, match="module.timestep_sampler must be one of"):
+        Objective(d, "simple", 0.0, "importance", None, 0.0, None, None)

@@ -21,9 +21,9 @@ from torch import Tensor
 from .config import UserError
 from .diffusion import GaussianDiffusion
 from .ema import EMA, ema_decay_at
-from .guidance import check_conditioning, conditional, drop_labels, guided
+from .guidance import check_conditioning, conditional, guided
 from .loggers import resume_ids
-from .objective import build_timestep_sampler, check_objective
+from .objective import Objective
 from .optim import build_optimizer, clip_gradients
 from .perf import ExecutionPlan, legacy_perf, match_state_layout, resolve_plan
 from .rng import checkpoint_rng_states, continue_or_seed_ranks
@@ -56,9 +56,9 @@ class DiffusionModule(pl.LightningModule):
         self.diffusion = GaussianDiffusion(instantiate(scheduler), variance_type=variance_type, prediction=prediction)
         self.hparams["model"] = model = self.diffusion.parametrization.network_config(model, int(image_shape[0]))
         self.net = instantiate(model)
-        check_objective(self.diffusion.parametrization, loss, float(vlb_weight), timestep_sampler, self.num_classes,
-                        float(cond_drop_prob))
-        self.timestep_sampler = build_timestep_sampler(timestep_sampler, self.diffusion.num_timesteps, loss_aware)
+        self.objective = Objective(self.diffusion, loss, vlb_weight, timestep_sampler, loss_aware, cond_drop_prob,
+                                   self.num_classes, getattr(self.net, "null_label", None))
+        self.timestep_sampler = self.objective.timestep_sampler  # a submodule: its history is checkpointed
         # part of state_dict: checkpointed and restored with the network, used for every sample
         self.ema = EMA(self.net, use_buffers=True).requires_grad_(False)
         self.sampler = instantiate(sampler, diffusion=self.diffusion)
@@ -122,24 +122,18 @@ class DiffusionModule(pl.LightningModule):
     def training_step(self, batch: Tensor | Sequence[Tensor], batch_idx: int) -> Tensor:
         images, labels = self._images_and_labels(batch)
         images = images.contiguous(memory_format=self.plan.batch_memory_format)
-        t, weights = self.timestep_sampler.sample(images.shape[0], images.device)  # weights: 1 / (T p_t)
-        if labels is not None:  # classifier-free guidance: the null label with probability cond_drop_prob
-            labels = drop_labels(labels, self.net.null_label, float(self.hparams.cond_drop_prob))
         if self.plan.cuda_graphs:
             torch.compiler.cudagraph_mark_step_begin()  # a new iteration: the last step's graph outputs may be reused
-        terms = self.diffusion.training_terms(conditional(self.network("train"), labels), images, t=t,
-                                              vlb_weight=float(self.hparams.vlb_weight), loss=self.hparams.loss)
-        losses = terms["loss"]  # (B,)
-        if self.timestep_sampler.learns:  # every rank's losses, so that all ranks draw from the same p
-            self.timestep_sampler.update(self.all_gather(t), self.all_gather(losses.detach()))
-        loss = (losses if weights is None else losses * weights).mean()
+        out = self.objective(self.network("train"), images, labels, gather=self.all_gather)
+        loss = out.loss
         self._last_loss = loss.detach()
         every = self.hparams.check_every_n_steps
         if every and self.global_step % every == 0:
             self.checked_loss = self._check_finite(loss)
-            self._log_loss_by_quarter(losses.detach(), t)
-            for name in ("mse", "vlb") if "vlb" in terms else ():  # L_hybrid's parts (vlb: L_t in bits/dim)
-                self.log(f"train/{name}", terms[name].detach().mean(), on_step=True, on_epoch=False)
+            for q, (mean, count) in out.by_quarter(self.diffusion.num_timesteps).items():  # train/loss_q0: least noise
+                self.log(f"train/loss_q{q}", mean, on_step=True, on_epoch=False, batch_size=count)
+            for name, value in out.parts.items():  # L_hybrid's parts (vlb: L_t in bits/dim)
+                self.log(f"train/{name}", value.detach().mean(), on_step=True, on_epoch=False)
         # Not prog_bar=True: Lightning turns progress-bar tensors into floats at every step, a wait for the GPU
         # (its cost in host time per step: benchmarks/RESULTS.md).
         self.log("train/loss", loss, on_step=True, on_epoch=False, batch_size=images.shape[0])
@@ -154,14 +148,6 @@ class DiffusionModule(pl.LightningModule):
                 "optimizer.lr, keep gradient clipping on, use bf16-mixed rather than 16-mixed, and check that the "
                 "data lies in [-1, 1].")
         return value
-
-    def _log_loss_by_quarter(self, losses: Tensor, t: Tensor) -> None:
-        """train/loss_q0..q3: L_simple over each quarter of the t range (q0 = least noise)."""
-        quarter = (t * 4) // self.diffusion.num_timesteps
-        sums = torch.zeros(4, device=losses.device).index_add_(0, quarter, losses.float())
-        for q, (s, c) in enumerate(zip(sums.tolist(), torch.bincount(quarter, minlength=4).tolist())):
-            if c:
-                self.log(f"train/loss_q{q}", s / c, on_step=True, on_epoch=False, batch_size=c)
 
     @cached_property
     def _net_parameters(self) -> list[torch.nn.Parameter]:

@@ -15,9 +15,13 @@ weight 1. Under DDP every rank updates with the losses of all ranks, so all draw
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Callable
+
 import torch
 from torch import Tensor, nn
 
+from .guidance import conditional, drop_labels
 from .parametrization import Parametrization
 
 LOSSES = ("simple", "vlb")
@@ -117,3 +121,52 @@ def build_timestep_sampler(name: str, num_timesteps: int, loss_aware: dict | Non
         raise ValueError("module.timestep_sampler=loss_aware needs module.loss_aware "
                          "(history_per_term, uniform_prob: conf/train.yaml)")
     return LossSecondMomentTimesteps(num_timesteps, **loss_aware)
+
+
+@dataclass
+class TrainingLoss:
+    """One step's objective: the scalar to minimise, the per-sample losses (B,) and their t, and L_hybrid's parts."""
+
+    loss: Tensor
+    losses: Tensor
+    t: Tensor
+    parts: dict[str, Tensor]
+
+    def by_quarter(self, num_timesteps: int) -> dict[int, tuple[float, int]]:
+        """Mean loss and count per quarter of the t range (0 = least noise); waits for the device."""
+        quarter = (self.t * 4) // num_timesteps
+        sums = torch.zeros(4, device=self.losses.device).index_add_(0, quarter, self.losses.detach().float())
+        counts = torch.bincount(quarter, minlength=4).tolist()
+        return {q: (s / c, c) for q, (s, c) in enumerate(zip(sums.tolist(), counts)) if c}
+
+
+class Objective:
+    """What a training step minimises, in one place: t drawn by the timestep sampler (uniform or loss-aware, with its
+    weights 1 / (T p_t)), the label dropout of classifier-free guidance, L_simple / L_hybrid / L_vlb from the
+    diffusion's `training_terms`, and the loss-aware history's update with every rank's losses. Its settings are
+    checked here, once, before anything is built. The LightningModule registers `timestep_sampler` as its submodule
+    (its history is checkpointed there); this object is plain and only holds references."""
+
+    def __init__(self, diffusion, loss: str, vlb_weight: float, timestep_sampler: str, loss_aware: dict | None,
+                 cond_drop_prob: float, num_classes: int | None, null_label: int | None) -> None:
+        check_objective(diffusion.parametrization, loss, float(vlb_weight), timestep_sampler, num_classes,
+                        float(cond_drop_prob))
+        self.diffusion = diffusion
+        self.timestep_sampler = build_timestep_sampler(timestep_sampler, diffusion.num_timesteps, loss_aware)
+        self.loss, self.vlb_weight, self.cond_drop_prob = loss, float(vlb_weight), float(cond_drop_prob)
+        self.null_label = null_label
+
+    def __call__(self, net: nn.Module, images: Tensor, labels: Tensor | None,
+                 gather: Callable[[Tensor], Tensor] = lambda x: x) -> TrainingLoss:
+        """gather: all ranks' values of a tensor (DDP's all_gather; identity on one process)."""
+        t, weights = self.timestep_sampler.sample(images.shape[0], images.device)
+        if labels is not None:  # classifier-free guidance: the null label with probability cond_drop_prob
+            labels = drop_labels(labels, self.null_label, self.cond_drop_prob)
+        terms = self.diffusion.training_terms(conditional(net, labels), images, t=t, vlb_weight=self.vlb_weight,
+                                              loss=self.loss)
+        losses = terms["loss"]  # (B,)
+        if self.timestep_sampler.learns:  # every rank's losses, so that all ranks draw from the same p
+            self.timestep_sampler.update(gather(t), gather(losses.detach()))
+        loss = (losses if weights is None else losses * weights).mean()
+        parts = {k: terms[k] for k in ("mse", "vlb")} if "vlb" in terms else {}
+        return TrainingLoss(loss=loss, losses=losses, t=t, parts=parts)
