@@ -62,6 +62,11 @@ def test_precision_recall_by_hand():
     assert precision_recall(real, fake, k=1) == (0.5, 1.0)
     # identical sets: every point is in its own ball
     assert precision_recall(real, real, k=1) == (1.0, 1.0)
+    # the radius is the k-th neighbour's distance: real 0, 1, 3 have k = 1 radii 1, 1, 2, so 5.5 (2.5 from 3) is
+    # outside; with k = 2 (radii 3, 2, 3) it is inside
+    spread, far = torch.tensor([[0.0], [1.0], [3.0]]), torch.tensor([[5.5], [0.0], [0.2]])
+    assert precision_recall(spread, far, k=1)[0] == pytest.approx(2 / 3)
+    assert precision_recall(spread, far, k=2)[0] == 1.0
 
 
 def test_degradations_keep_the_count_and_the_dtype():

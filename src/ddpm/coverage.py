@@ -61,7 +61,10 @@ class FeatureStore(Metric):
         self.add_state("features", default=[], dist_reduce_fx="cat")
 
     def update(self, features: Tensor) -> None:
-        self.features.append(features.detach().float())
+        """Keeps at most `limit` features per rank: a 50k-sample evaluation does not hold 50k x 2048 floats."""
+        held = sum(len(f) for f in self.features)
+        if held < self.limit:
+            self.features.append(features.detach().float()[: self.limit - held])
 
     def compute(self) -> Tensor:
         feats = self.features if isinstance(self.features, Tensor) else torch.cat(self.features)
