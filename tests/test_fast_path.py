@@ -9,6 +9,7 @@ import math
 import pytest
 import torch
 
+from ddpm.objective import training_losses
 from ddpm.train import build_module
 from tests.conftest import compose
 
@@ -31,7 +32,7 @@ def make(**options):
 
 def loss_of(m, x, t, noise):
     x = x.contiguous(memory_format=m.plan.batch_memory_format)
-    return m.diffusion.training_losses(m.network("train"), x, t, noise).mean()
+    return training_losses(m.diffusion, m.network("train"), x, t, noise).mean()
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""The Gaussian diffusion of Ho et al. (2020): forward process, its posterior, the reverse process and L_simple.
+"""The Gaussian diffusion of Ho et al. (2020): forward process, its posterior and the reverse process.
 
 Notation follows the paper with code indices t = 0..T-1 (the paper's t = 1..T):
     alphas_cumprod[t]      = abar_t = prod_{s <= t} (1 - beta_s)
@@ -6,7 +6,8 @@ Notation follows the paper with code indices t = 0..T-1 (the paper's t = 1..T):
 All coefficients are float64 buffers; `_gather` casts to the dtype of the tensor they multiply.
 This module knows nothing of the network: what its output means (eps, x_0 or v; a fixed or learned variance) is
 the `Parametrization`'s (`parametrization.py`), which `split_output` applies once, so samplers, bits/dim and
-guidance see eps. L_hybrid: `training_terms`. Formulas: docs/math.md.
+guidance see eps. The training losses are `objective.py`'s, the bound in bits/dim `likelihood.py`'s.
+Formulas: docs/math.md.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
-from .likelihood import LN2, discretized_gaussian_log_likelihood, mean_over_dims, normal_kl
 from .parametrization import PREDICTIONS, VARIANCES, ModelOutput, Parametrization
 from .schedules import validate_betas
 
@@ -161,17 +161,6 @@ class GaussianDiffusion(nn.Module):
         """Channels the network must return for images of `channels` channels: 2C with a learned variance."""
         return self.parametrization.out_channels(channels)
 
-    def training_target(self, x0: Tensor, t: Tensor, noise: Tensor) -> Tensor:
-        """What the network regresses onto in L_simple: eps, x_0 or v (MSE in the target's own space)."""
-        return self.parametrization.prediction.target(self, x0, t, noise)
-
-    def eps_from_prediction(self, x_t: Tensor, t: Tensor, pred: Tensor) -> Tensor:
-        """Whatever the network predicts, as eps."""
-        return self.parametrization.prediction.to_eps(self, x_t, t, pred)
-
-    def check_output(self, out: Tensor, x_t: Tensor) -> None:
-        self.parametrization.check_output(out, x_t)
-
     def split_output(self, out: Tensor, x_t: Tensor, t: Tensor) -> ModelOutput:
         """The network's output (B, C or 2C, H, W) as eps and, for a learned variance, frac = (v + 1) / 2."""
         return self.parametrization.read(self, out, x_t, t)
@@ -205,82 +194,3 @@ class GaussianDiffusion(nn.Module):
         """x_{t-1} = mean + sigma_t z, with no noise at t = 0 (the sample is the mean there)."""
         nonzero = (t != 0).to(noise.dtype).reshape(t.shape[0], *([1] * (noise.ndim - 1)))
         return step.mean + nonzero * (0.5 * step.log_variance).exp() * noise
-
-    # ----- training ----------------------------------------------------------------------------
-    def sample_timesteps(self, batch_size: int, device: torch.device,
-                         generator: torch.Generator | None = None) -> Tensor:
-        """t ~ U{0, ..., T-1}, one per sample."""
-        return torch.randint(0, self.num_timesteps, (batch_size,), device=device, generator=generator)
-
-    def training_terms(self, model: EpsModel, x0: Tensor, t: Tensor | None = None, noise: Tensor | None = None,
-                       vlb_weight: float = 0.0, loss: str = "simple") -> dict[str, Tensor]:
-        """Per-sample losses (B,): `mse` (L_simple, in the prediction's space), `vlb` (L_t, bits/dim), `loss`:
-        "simple": mse, with a learned variance + vlb_weight T vlb, the mean frozen in vlb (L_hybrid; 0.001 gives
-        improved-diffusion's T / 1000, once); "vlb": T vlb, nothing frozen (improved-diffusion's rescaled KL)."""
-        if loss not in ("simple", "vlb"):
-            raise ValueError(f"module.loss must be simple or vlb, got {loss!r}")
-        t = self.sample_timesteps(x0.shape[0], x0.device) if t is None else t
-        noise = torch.randn_like(x0) if noise is None else noise
-        x_t = self.q_sample(x0, t, noise)
-        out, c = model(x_t, t), x0.shape[1]
-        self.check_output(out, x_t)
-        pred = self.parametrization.prediction_channels(out, c).float()
-        mse = (pred - self.training_target(x0.float(), t, noise.float())).pow(2).flatten(1).mean(dim=1)
-        terms = {"mse": mse, "loss": mse}
-        if loss == "vlb":
-            full = self.split_output(out.float(), x_t.float(), t)
-            terms["vlb"] = self.vlb_terms_bpd(full.eps, x0, x_t, t, clip_denoised=False, var_frac=full.var_frac).float()
-            terms["loss"] = self.num_timesteps * terms["vlb"]
-        elif self.parametrization.variance.learned:
-            # stop-gradient on the mean: L_t trains only the variance channels (Nichol & Dhariwal 2021, sec. 3.1)
-            frozen = self.split_output(torch.cat([out[:, :c].detach(), out[:, c:]], 1).float(), x_t.float(), t)
-            terms["vlb"] = self.vlb_terms_bpd(frozen.eps, x0, x_t, t, False, var_frac=frozen.var_frac).float()
-            terms["loss"] = mse + vlb_weight * self.num_timesteps * terms["vlb"]
-        return terms
-
-    def training_losses(self, model: EpsModel, x0: Tensor, t: Tensor | None = None,
-                        noise: Tensor | None = None, vlb_weight: float = 0.0, loss: str = "simple") -> Tensor:
-        return self.training_terms(model, x0, t, noise, vlb_weight, loss)["loss"]
-
-    # ----- variational bound (bits/dim) --------------------------------------------------------
-    def vlb_terms_bpd(self, eps: Tensor, x0: Tensor, x_t: Tensor, t: Tensor, clip_denoised: bool,
-                      var_frac: Tensor | None = None) -> Tensor:
-        """L_t in bits/dim for each sample: KL(q(x_{t-1}|x_t,x_0) || p(x_{t-1}|x_t)) for t > 0, and the
-        discretized-Gaussian decoder NLL -log p(x_0|x_1) at t = 0 (variance: beta_tilde_1 convention, or the
-        learned one). Computed in float64 (gradients flow to var_frac). (B,)"""
-        x0, x_t, eps = x0.double(), x_t.double(), eps.double()
-        var_frac = var_frac.double() if var_frac is not None else None
-        true_mean, _, true_log_var = self.q_posterior_mean_variance(x0, x_t, t)
-        step = self.p_mean_variance(eps, x_t, t, clip_denoised=clip_denoised, var_frac=var_frac)
-        kl = mean_over_dims(normal_kl(true_mean, true_log_var, step.mean, step.log_variance)) / LN2
-        nll = -mean_over_dims(discretized_gaussian_log_likelihood(x0, step.mean, 0.5 * step.log_variance)) / LN2
-        return torch.where(t == 0, nll, kl)
-
-    def prior_bpd(self, x0: Tensor) -> Tensor:
-        """L_T = KL(q(x_T | x_0) || N(0, I)) in bits/dim, (B,); no network involved."""
-        t = torch.full((x0.shape[0],), self.num_timesteps - 1, device=x0.device, dtype=torch.long)
-        mean, _, log_var = self.q_mean_variance(x0.double(), t)
-        return mean_over_dims(normal_kl(mean, log_var, torch.zeros_like(mean), torch.zeros_like(log_var))) / LN2
-
-    @torch.no_grad()
-    def bits_per_dim(self, model: EpsModel, x0: Tensor, clip_denoised: bool = False, chunk: int = 256,
-                     generator: torch.Generator | None = None) -> dict[str, Tensor]:
-        """The full bound for each image: every t (T network calls per image), batched over t.
-
-        Pairs (image, t) are evaluated `chunk` at a time, so small images fill a batch with many t.
-        Returns per-image `total`, `prior`, `decoder` (L_0) and `terms` (B, T) in bits/dim.
-        """
-        b, n_t = x0.shape[0], self.num_timesteps
-        image_idx = torch.arange(b, device=x0.device).repeat_interleave(n_t)  # (B*T,)
-        t_all = torch.arange(n_t, device=x0.device).repeat(b)  # (B*T,)
-        terms = torch.empty(b * n_t, dtype=torch.float64, device=x0.device)
-        for start in range(0, b * n_t, chunk):
-            sl = slice(start, start + chunk)
-            x0_c, t_c = x0[image_idx[sl]], t_all[sl]
-            noise = torch.randn(x0_c.shape, device=x0.device, generator=generator, dtype=x0.dtype)
-            x_t = self.q_sample(x0_c, t_c, noise)
-            out = self.split_output(model(x_t, t_c), x_t, t_c)
-            terms[sl] = self.vlb_terms_bpd(out.eps, x0_c, x_t, t_c, clip_denoised, var_frac=out.var_frac)
-        terms = terms.reshape(b, n_t)
-        prior = self.prior_bpd(x0)
-        return {"total": terms.sum(dim=1) + prior, "prior": prior, "decoder": terms[:, 0], "terms": terms}

@@ -18,7 +18,7 @@ from typing import Callable, Iterator, Sequence
 import torch
 from torch import Tensor
 
-from . import preemption
+from . import likelihood, preemption
 from .data import image_of
 from .guidance import check_conditioning, class_labels
 from .images import quantize
@@ -94,7 +94,7 @@ def bits_per_dim(module, split, n_images: int, rank: int, world: int, seed: int,
         x0 = torch.stack([image_of(split[i]) for i in idx]).to(device)
         g = torch.Generator(device=device).manual_seed(seed)
         with eval_mode(module.ema.module if use_ema else module.net) as net:
-            out = module.diffusion.bits_per_dim(net, x0, clip_denoised=clip_denoised, chunk=batch_size, generator=g)
+            out = likelihood.bits_per_dim(module.diffusion, net, x0, clip_denoised, chunk=batch_size, generator=g)
         sums = torch.stack([out["total"].sum(), out["prior"].sum(), out["decoder"].sum(),
                             torch.tensor(float(len(idx)), dtype=torch.float64, device=device)])
     total, prior, decoder, count = reduce_sum(sums).tolist()

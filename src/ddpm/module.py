@@ -23,7 +23,7 @@ from .diffusion import GaussianDiffusion
 from .ema import EMA, ema_decay_at
 from .guidance import check_conditioning, conditional, guided
 from .loggers import resume_ids
-from .objective import Objective
+from .objective import Objective, training_losses, uniform_timesteps
 from .optim import build_optimizer, clip_gradients
 from .perf import ExecutionPlan, legacy_perf, match_state_layout, resolve_plan
 from .rng import checkpoint_rng_states, continue_or_seed_ranks
@@ -200,11 +200,10 @@ class DiffusionModule(pl.LightningModule):
         for comparable curves."""
         images, labels = self._images_and_labels(batch)
         g = torch.Generator(device=images.device).manual_seed(self.hparams.val_seed + batch_idx)
-        t = self.diffusion.sample_timesteps(images.shape[0], images.device, generator=g)
+        t = uniform_timesteps(self.diffusion.num_timesteps, images.shape[0], images.device, generator=g)
         noise = torch.randn(images.shape, device=images.device, generator=g, dtype=images.dtype)
-        loss = self.diffusion.training_losses(conditional(self.ema.module, labels), images, t=t, noise=noise,
-                                              vlb_weight=float(self.hparams.vlb_weight),
-                                              loss=self.hparams.loss).mean()
+        loss = training_losses(self.diffusion, conditional(self.ema.module, labels), images, t=t, noise=noise,
+                               vlb_weight=float(self.hparams.vlb_weight), loss=self.hparams.loss).mean()
         self.log("val/loss", loss, prog_bar=True, on_epoch=True, batch_size=images.shape[0], sync_dist=True)
         return loss
 

@@ -22,6 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from .guidance import conditional, drop_labels
+from .likelihood import EpsModel, vlb_terms_bpd
 from .parametrization import Parametrization
 
 LOSSES = ("simple", "vlb")
@@ -44,6 +45,46 @@ def check_objective(parametrization: Parametrization, loss: str, vlb_weight: flo
         raise ValueError(f"module.cond_drop_prob must be in [0, 1], got {cond_drop_prob}")
 
 
+def uniform_timesteps(num_timesteps: int, batch_size: int, device: torch.device,
+                      generator: torch.Generator | None = None) -> Tensor:
+    """t ~ U{0, ..., T-1}, one per sample: the one place uniform t is drawn (training and validation)."""
+    return torch.randint(0, num_timesteps, (batch_size,), device=device, generator=generator)
+
+
+def training_terms(diffusion, model: EpsModel, x0: Tensor, t: Tensor | None = None, noise: Tensor | None = None,
+                   vlb_weight: float = 0.0, loss: str = "simple") -> dict[str, Tensor]:
+    """Per-sample losses (B,): `mse` (L_simple, in the prediction's space), `vlb` (L_t, bits/dim), `loss`:
+    "simple": mse, with a learned variance + vlb_weight T vlb, the mean frozen in vlb (L_hybrid; 0.001 gives
+    improved-diffusion's T / 1000, once); "vlb": T vlb, nothing frozen (improved-diffusion's rescaled KL)."""
+    if loss not in LOSSES:
+        raise ValueError(f"module.loss must be one of {LOSSES}, got {loss!r}")
+    d, param = diffusion, diffusion.parametrization
+    t = uniform_timesteps(d.num_timesteps, x0.shape[0], x0.device) if t is None else t
+    noise = torch.randn_like(x0) if noise is None else noise
+    x_t = d.q_sample(x0, t, noise)
+    out, c = model(x_t, t), x0.shape[1]
+    param.check_output(out, x_t)
+    pred = param.prediction_channels(out, c).float()
+    mse = (pred - param.prediction.target(d, x0.float(), t, noise.float())).pow(2).flatten(1).mean(dim=1)
+    terms = {"mse": mse, "loss": mse}
+    if loss == "vlb":
+        full = d.split_output(out.float(), x_t.float(), t)
+        terms["vlb"] = vlb_terms_bpd(d, full.eps, x0, x_t, t, clip_denoised=False, var_frac=full.var_frac).float()
+        terms["loss"] = d.num_timesteps * terms["vlb"]
+    elif param.variance.learned:
+        # stop-gradient on the mean: L_t trains only the variance channels (Nichol & Dhariwal 2021, sec. 3.1)
+        frozen = d.split_output(torch.cat([out[:, :c].detach(), out[:, c:]], 1).float(), x_t.float(), t)
+        terms["vlb"] = vlb_terms_bpd(d, frozen.eps, x0, x_t, t, False, var_frac=frozen.var_frac).float()
+        terms["loss"] = mse + vlb_weight * d.num_timesteps * terms["vlb"]
+    return terms
+
+
+def training_losses(diffusion, model: EpsModel, x0: Tensor, t: Tensor | None = None, noise: Tensor | None = None,
+                    vlb_weight: float = 0.0, loss: str = "simple") -> Tensor:
+    """The per-sample loss (B,) of `training_terms`."""
+    return training_terms(diffusion, model, x0, t, noise, vlb_weight, loss)["loss"]
+
+
 class UniformTimesteps(nn.Module):
     """t ~ U{0, ..., T-1} (DDPM), weight 1. No state: a module only so that both samplers sit in the tree."""
 
@@ -55,7 +96,7 @@ class UniformTimesteps(nn.Module):
 
     def sample(self, batch_size: int, device: torch.device) -> tuple[Tensor, Tensor | None]:
         """t (B,) and the per-sample loss weights (B,), None for all ones."""
-        return torch.randint(0, self.num_timesteps, (batch_size,), device=device), None
+        return uniform_timesteps(self.num_timesteps, batch_size, device), None
 
     def update(self, t: Tensor, losses: Tensor) -> None:
         pass
@@ -143,7 +184,7 @@ class TrainingLoss:
 class Objective:
     """What a training step minimises, in one place: t drawn by the timestep sampler (uniform or loss-aware, with its
     weights 1 / (T p_t)), the label dropout of classifier-free guidance, L_simple / L_hybrid / L_vlb from the
-    diffusion's `training_terms`, and the loss-aware history's update with every rank's losses. Its settings are
+    `training_terms`, and the loss-aware history's update with every rank's losses. Its settings are
     checked here, once, before anything is built. The LightningModule registers `timestep_sampler` as its submodule
     (its history is checkpointed there); this object is plain and only holds references."""
 
@@ -162,8 +203,8 @@ class Objective:
         t, weights = self.timestep_sampler.sample(images.shape[0], images.device)
         if labels is not None:  # classifier-free guidance: the null label with probability cond_drop_prob
             labels = drop_labels(labels, self.null_label, self.cond_drop_prob)
-        terms = self.diffusion.training_terms(conditional(net, labels), images, t=t, vlb_weight=self.vlb_weight,
-                                              loss=self.loss)
+        terms = training_terms(self.diffusion, conditional(net, labels), images, t=t, vlb_weight=self.vlb_weight,
+                               loss=self.loss)
         losses = terms["loss"]  # (B,)
         if self.timestep_sampler.learns:  # every rank's losses, so that all ranks draw from the same p
             self.timestep_sampler.update(gather(t), gather(losses.detach()))
