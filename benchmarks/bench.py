@@ -124,6 +124,8 @@ def build_ours(mode: str, model: str = "unet_base"):
 
 
 def ours(mode: str, batch: int):
+    from ddpm.samplers import AncestralSampler
+
     module, train_step = build_ours(mode)
     x = torch.rand(batch, 3, 32, 32, device="cuda") * 2 - 1
 
@@ -132,18 +134,14 @@ def ours(mode: str, batch: int):
 
     step.parts = train_step.parts_for(x)  # type: ignore[attr-defined]
 
+    samplers: dict[int, AncestralSampler] = {}
+
     def sample(n: int, steps: int):
-        sub = torch.Generator(device="cuda").manual_seed(0)
-        net = module.network("sample")
-        module.ema.module.eval()
-        xs = torch.randn(n, 3, 32, 32, device="cuda", generator=sub)
-        with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16, enabled="bf16" in mode.split("+")):
-            for t_int in range(steps - 1, -1, -1):
-                t = torch.full((n,), t_int, device="cuda", dtype=torch.long)
-                out = module.diffusion.split_output(net(xs, t), xs, t)  # the output as eps, whatever it predicts
-                st = module.diffusion.p_mean_variance(out.eps, xs, t, True, var_frac=out.var_frac)
-                z = torch.randn(xs.shape, device="cuda", generator=sub)
-                xs = module.diffusion.p_sample_step(st, t, z)
+        """`steps` ancestral steps (a respaced chain) through the module's sampling pipeline: EMA network compiled
+        for CUDA graphs, bf16 as the mode says, the output read by the parametrization."""
+        if steps not in samplers:
+            samplers[steps] = AncestralSampler(module.diffusion, num_steps=steps, progress=False)
+        module.pipeline().with_sampler(samplers[steps]).sample(n, seed=0)
 
     return step, sample, sum(p.numel() for p in module.net.parameters())
 

@@ -17,32 +17,14 @@ import json
 import time
 from pathlib import Path
 
-import torch
-from samplers import ROOT, load, sync
-
-
-def unconditional_row(module, dm, metrics, sampler, n: int, batch: int, seed: int) -> dict:
-    """The null label for every sample, scored against the balanced labels the guided rows ask for."""
-    from ddpm.guidance import class_labels
-    from ddpm.rng import derive_seed
-
-    k = module.num_classes
-    for i, start in enumerate(range(0, n, batch)):
-        b = min(batch, n - start)
-        asked = class_labels(torch.arange(start, start + b), range(k), 8)
-        drawn = module.sample(b, seed=derive_seed(seed, 0, i), sampler=sampler,
-                              labels=torch.full((b,), module.net.null_label, dtype=torch.long))
-        metrics.update(dm.to_eval(drawn.images.float()), asked.to(module.device))
-    return metrics.compute(n)
+from samplers import load, make_sampler, sync
 
 
 def main() -> None:
-    from hydra.utils import instantiate
-    from omegaconf import OmegaConf
     from torchvision.utils import save_image
 
-    from ddpm.evaluation import draw_samples
     from ddpm.images import to_grid
+    from ddpm.pipeline import SampleRequest
 
     p = argparse.ArgumentParser()
     p.add_argument("ckpt", type=Path)
@@ -57,18 +39,18 @@ def main() -> None:
     p.add_argument("--perf", default=None, help="an execution plan of conf/perf (default: the checkpoint's)")
     args = p.parse_args()
 
-    module, dm, metrics = load(args.ckpt, args.perf)
-    if module.num_classes is None:
+    pipeline, dm, metrics = load(args.ckpt, args.perf)
+    if pipeline.num_classes is None:
         raise SystemExit(f"{args.ckpt} is not class-conditional (model.num_classes is null)")
     overrides = {"num_steps": args.steps} | ({"eta": args.eta} if args.sampler == "ddim" else {})
-    sampler_cfg = OmegaConf.merge(OmegaConf.load(ROOT / "conf" / "sampler" / f"{args.sampler}.yaml"), overrides)
-    sampler = instantiate(sampler_cfg, diffusion=module.diffusion, progress=False)
-    k, rows = module.num_classes, []
+    pipeline = pipeline.with_sampler(make_sampler(pipeline, args.sampler, overrides))
+    sampler, k, rows = pipeline.sampler, pipeline.num_classes, []
     for w in args.scales:
         sync()
         start = time.perf_counter()
-        samples = draw_samples(module, args.n, args.batch, args.seed, 0, 1, keep=8 * k, to_eval=dm.to_eval,
-                               metrics=metrics, sampler=sampler, per_row=8, guidance_scale=w)
+        request = SampleRequest(n=args.n, batch_size=args.batch, seed=args.seed, keep=8 * k, per_row=8,
+                                guidance_scale=w)
+        samples = pipeline.draw(request, to_eval=dm.to_eval, metrics=metrics)
         sync()
         result = metrics.compute(samples.n_total)
         rows.append({"w": w, "s": 1 + w, **result, "seconds": round(time.perf_counter() - start, 1)})
@@ -76,8 +58,10 @@ def main() -> None:
         if args.grids is not None:
             args.grids.mkdir(parents=True, exist_ok=True)
             save_image(to_grid(samples.images, 8, 2), args.grids / f"guidance_w{w:g}.png")
-    rows.append({"w": "unconditional", "s": "-", **unconditional_row(module, dm, metrics, sampler, args.n,
-                                                                     args.batch, args.seed)})
+    # the null label for every sample, scored against the balanced labels the guided rows ask for: chance
+    unconditional = SampleRequest(n=args.n, batch_size=args.batch, seed=args.seed, per_row=8, null_label=True)
+    pipeline.draw(unconditional, to_eval=dm.to_eval, metrics=metrics)
+    rows.append({"w": "unconditional", "s": "-", **metrics.compute(args.n)})
     print(json.dumps(rows[-1]), flush=True)
     fid = metrics.fid_name
     print(f"\nsampler: {sampler.describe()}, NFE {sampler.nfe} (x2 batch when w > 0), n = {args.n} per row\n")

@@ -40,57 +40,46 @@ SETTINGS = [  # (sampler config name, overrides): the issue's table, plus traini
 ]
 
 
-def fixed_frac_sampler(sampler_cfg, diffusion, frac: float):
-    """The ancestral sampler of `sampler_cfg` with learned_range's frac replaced by the constant `frac`."""
-    from ddpm.diffusion import ModelOutput
-    from ddpm.samplers import AncestralSampler
-
-    if diffusion.variance_type != "learned_range":
-        raise SystemExit("--frac needs a learned_range checkpoint (module.variance_type=learned_range)")
-    if not 0.0 <= frac <= 1.0:
-        raise SystemExit(f"--frac must be in [0, 1] (1: beta', 0: beta_tilde'), got {frac}")
-
-    class FixedFracAncestral(AncestralSampler):
-        def describe(self) -> str:
-            return f"{super().describe()[:-1]}, frac={frac:g})"
-
-        def advance(self, k, t, out, x, generator, state):
-            return super().advance(k, t, ModelOutput(out.eps, torch.full_like(out.eps, frac)), x, generator, state)
-
-    kwargs = {k: v for k, v in sampler_cfg.items() if k not in ("_target_", "progress")}
-    return FixedFracAncestral(diffusion, progress=False, **kwargs)
-
-
 def sync() -> None:
     if torch.cuda.is_available():
         torch.cuda.synchronize()
 
 
 def load(ckpt: Path, perf: str | None = None):
-    """The checkpoint's EMA module on the GPU (else CPU), its run's data module and the eval config's metrics
-    (prepared: feature network and reference statistics). perf: a conf/perf plan name instead of the run's."""
+    """The checkpoint's sampling pipeline (EMA weights) on the GPU (else CPU), its run's data module and the eval
+    config's metrics (prepared: feature network and reference statistics). perf: a conf/perf plan name instead
+    of the run's."""
     from hydra import compose, initialize_config_dir
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
+    from ddpm.checkpoint import read_checkpoint
     from ddpm.config import to_plain
     from ddpm.evaluate import run_config
     from ddpm.metrics import SampleMetrics
-    from ddpm.module import DiffusionModule
+    from ddpm.pipeline import SamplingPipeline
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    module = DiffusionModule.load_from_checkpoint(ckpt, map_location="cpu", weights_only=True).to(device)
-    if perf:
-        module.set_perf(OmegaConf.to_container(OmegaConf.load(ROOT / "conf" / "perf" / f"{perf}.yaml")))
+    plan = OmegaConf.to_container(OmegaConf.load(ROOT / "conf" / "perf" / f"{perf}.yaml")) if perf else None
+    pipeline = SamplingPipeline.from_checkpoint(ckpt, device, perf=plan)
     dm = instantiate(run_config(ckpt).data)
     dm.check()
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         cfg = compose(config_name="eval", overrides=[f"ckpt_path={ckpt}", "paths.output_dir=."])
     metrics = SampleMetrics(**to_plain(cfg.fid))
     metrics.prepare(dm, device)
-    print(f"# {ckpt}: step {torch.load(ckpt, weights_only=True, mmap=True)['global_step']}, {dm.name}, "
+    print(f"# {ckpt}: step {read_checkpoint(ckpt)['global_step']}, {dm.name}, "
           f"{torch.cuda.get_device_name() if device.type == 'cuda' else 'cpu'}", flush=True)
-    return module, dm, metrics
+    return pipeline, dm, metrics
+
+
+def make_sampler(pipeline, name: str, overrides: dict):
+    """conf/sampler/<name>.yaml with `overrides`, for the pipeline's diffusion, without a progress bar."""
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.merge(OmegaConf.load(ROOT / "conf" / "sampler" / f"{name}.yaml"), overrides)
+    return instantiate(cfg, diffusion=pipeline.diffusion, progress=False)
 
 
 def slug(name: str, overrides: dict) -> str:
@@ -102,22 +91,19 @@ def fid_table(ckpt: Path, n: int, batch: int, seed: int, settings: list = SETTIN
               perf: str | None = None, frac: float | None = None, save: Path | None = None) -> None:
     """save: a folder that receives each setting's samples as <prefix><slug>.npz (uint8 NHWC, key arr_0, as eval.py
     writes them), for scoring elsewhere (benchmarks/metric_quality.py sets)."""
-    from hydra.utils import instantiate
-    from omegaconf import OmegaConf
+    from ddpm.pipeline import SampleRequest
 
-    from ddpm.evaluation import draw_samples
-
-    module, dm, metrics = load(ckpt, perf)
+    pipeline, dm, metrics = load(ckpt, perf)
     rows = []
     for name, overrides in settings:
-        sampler_cfg = OmegaConf.merge(OmegaConf.load(ROOT / "conf" / "sampler" / f"{name}.yaml"), overrides)
-        sampler = (instantiate(sampler_cfg, diffusion=module.diffusion, progress=False) if frac is None
-                   else fixed_frac_sampler(sampler_cfg, module.diffusion, frac))
+        extra = {} if frac is None else {"var_frac": frac}
+        run = pipeline.with_sampler(make_sampler(pipeline, name, {**overrides, **extra}))
+        sampler = run.sampler
         if warmup:  # untimed: compilation and graph capture
-            module.sample(min(batch, n), seed=seed, sampler=sampler)
+            run.sample(min(batch, n), seed=seed)
         sync()
         start = time.perf_counter()
-        samples = draw_samples(module, n, batch, seed, 0, 1, keep=n, to_eval=dm.to_eval, sampler=sampler)
+        samples = run.draw(SampleRequest(n=n, batch_size=batch, seed=seed, keep=n), to_eval=dm.to_eval)
         sync()
         seconds = time.perf_counter() - start
         if save is not None:
@@ -125,7 +111,7 @@ def fid_table(ckpt: Path, n: int, batch: int, seed: int, settings: list = SETTIN
 
             save.mkdir(parents=True, exist_ok=True)
             np.savez_compressed(save / f"{slug(name, overrides)}.npz", arr_0=samples.images.permute(0, 2, 3, 1).numpy())
-        metrics.update(samples.images.to(module.device).float() / 127.5 - 1)
+        metrics.update(samples.images.to(pipeline.device).float() / 127.5 - 1)
         result = metrics.compute(samples.n_total)
         row = {"sampler": sampler.describe(), "nfe": sampler.nfe, metrics.fid_name: round(result[metrics.fid_name], 4),
                "n": samples.n_total, "seconds": round(seconds, 2), "s_per_50k": round(seconds / n * 50_000, 1)}

@@ -83,8 +83,8 @@ def test_eps_x0_v_conversions_round_trip_in_float64():
     for prediction in ("eps", "x0", "v"):
         d = _d("fixedlarge", prediction)
         xt = d.q_sample(x0, t, eps)
-        target = d.training_target(x0, t, eps)
-        assert torch.allclose(d.eps_from_prediction(xt, t, target), eps, atol=1e-9)
+        target = d.parametrization.prediction.target(d, x0, t, eps)
+        assert torch.allclose(d.parametrization.prediction.to_eps(d, xt, t, target), eps, atol=1e-9)
     d = _d("fixedlarge", "v")
     xt, v = d.q_sample(x0, t, eps), d.v_target(x0, t, eps)
     assert torch.allclose(d.predict_x0_from_v(xt, t, v), x0, atol=1e-12)
@@ -238,29 +238,23 @@ def test_guided_gaussian_mixture_toy_samples_each_class_and_null_samples_the_mix
     assert abs((null > 0).double().mean().item() - 0.5) < 4 * math.sqrt(0.25 / n)
 
 
-def test_benchmark_frac_ablation_replaces_the_variance_head_by_the_constant():
-    """benchmarks/samplers.py --frac F: whatever the network's variance channels say (v = 0.3 here), frac = 1 /
-    0 samples draw for draw as the fixedlarge / fixedsmall respaced chains."""
-    import importlib.util
-    from pathlib import Path
-
+def test_var_frac_replaces_the_variance_head_by_the_constant():
+    """sampler.var_frac=F (benchmarks/samplers.py --frac F): whatever the network's variance channels say (v = 0.3
+    here), frac = 1 / 0 samples draw for draw as the fixedlarge / fixedsmall respaced chains."""
     from ddpm.samplers import AncestralSampler
 
-    spec = importlib.util.spec_from_file_location(
-        "bench_samplers", Path(__file__).resolve().parents[1] / "benchmarks" / "samplers.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
     betas = linear_betas(T).double()
     learned = GaussianDiffusion(betas, "learned_range")
-    cfg = {"_target_": "ddpm.samplers.AncestralSampler", "num_steps": 20, "spacing": "trailing",
-           "clip_denoised": False, "progress": True}
     for frac, fixed in ((1.0, "fixedlarge"), (0.0, "fixedsmall")):
-        sampler = bench.fixed_frac_sampler(cfg, learned, frac)
+        sampler = AncestralSampler(learned, num_steps=20, clip_denoised=False, progress=False, var_frac=frac)
         assert sampler.describe() == f"ancestral(S=20, trailing, learned_range, frac={frac:g})"
         got = _draw(sampler, exact_predictor("eps", learned.alphas_cumprod, 1, 0.3), n=256)
         want = _draw(AncestralSampler(GaussianDiffusion(betas, fixed), num_steps=20, clip_denoised=False,
                                       progress=False), exact_predictor("eps", learned.alphas_cumprod), n=256)
         torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-9)
+    for bad, diffusion in ((0.5, GaussianDiffusion(betas, "fixedlarge")), (1.5, learned)):
+        with pytest.raises(ValueError, match="var_frac"):
+            AncestralSampler(diffusion, var_frac=bad)
 
 
 def test_one_check_of_a_sampling_requests_conditioning():

@@ -76,10 +76,29 @@ def test_src_uses_no_private_lightning_or_inductor_members():
     assert hits == []
 
 
-def test_module_is_glue_and_no_source_file_is_long():
-    assert len((ROOT / "src" / "ddpm" / "module.py").read_text().splitlines()) <= 250  # glue: labels, L_hybrid, CFG
+def test_no_source_file_is_long():
+    """A guard, not a goal: a file past 300 lines holds more than one responsibility (docs/architecture.md)."""
     long = [p.name for p in (ROOT / "src").rglob("*.py") if len(p.read_text().splitlines()) > 300]
     assert long == []
+
+
+def test_sampling_and_checkpoint_loading_have_one_owner():
+    """Samples are drawn through `SamplingPipeline` (which alone calls a sampler on a network), checkpoints read by
+    `checkpoint.read_checkpoint`; no benchmark or entry point subclasses a sampler or loads a checkpoint its own
+    way; the LightningModule holds no sampling loop and no resume logic."""
+    files = [p for d in ("src", "benchmarks") for p in (ROOT / d).rglob("*.py")] + [ROOT / "eval.py", ROOT / "train.py"]
+    rules = {
+        "calls a sampler itself": (re.compile(r"\bsampler\.sample\("), {"pipeline.py"}),
+        "subclasses a sampler": (re.compile(r"class \w+\((\w+\.)?(|Ancestral|DDIM|DPMSolver)Sampler\)"), set()),
+        "loads a checkpoint itself": (re.compile(r"load_from_checkpoint\(|torch\.load\(ckpt"),
+                                      {"checkpoint.py", "module.py"}),
+    }
+    bad = [(p.relative_to(ROOT).as_posix(), why) for p in files if "samplers" not in p.parts
+           for why, (pattern, owners) in rules.items() if p.name not in owners and pattern.search(p.read_text())]
+    assert bad == []
+    module = (ROOT / "src" / "ddpm" / "module.py").read_text()
+    sampling = module.split("def pipeline")[1]
+    assert not re.search(r"^\s+for ", sampling, re.M) and "rng_state" not in module
 
 
 def test_nothing_in_the_repo_points_outside_it():

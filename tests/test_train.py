@@ -16,6 +16,8 @@ from omegaconf.errors import OmegaConfBaseException
 
 from ddpm.config import ConfigError, UserError
 from ddpm.module import DiffusionModule
+from ddpm.pipeline import SamplingPipeline
+from ddpm.samplers import DDIMSampler
 from ddpm.train import train
 from tests.conftest import ROOT, compose
 
@@ -106,6 +108,31 @@ def test_checkpoint_from_before_learned_variance_and_guidance_samples_unchanged(
     assert before.diffusion.variance_type == now.diffusion.variance_type == "fixedlarge"
     now.sampler.progress = before.sampler.progress = False
     assert torch.equal(now.sample(4, seed=3).images, before.sample(4, seed=3).images)
+    pipeline = SamplingPipeline.from_checkpoint(tmp_path / "old.ckpt")  # no Lightning: the same samples
+    pipeline.sampler.progress = False
+    assert torch.equal(pipeline.sample(4, seed=3).images, now.sample(4, seed=3).images)
+
+
+def test_pipeline_from_checkpoint_samples_what_the_module_samples(trained):
+    """One sampling path: the checkpoint's pipeline (EMA weights, no Trainer) and the module draw the same images
+    bit for bit, with the module's sampler or another; a step callback sees every step, t descending, and the
+    last state is the sample."""
+    _, out = trained
+    path = out / "checkpoints" / "last.ckpt"
+    module = DiffusionModule.load_from_checkpoint(path, map_location="cpu", weights_only=True)
+    pipeline = SamplingPipeline.from_checkpoint(path)
+    module.sampler.progress = pipeline.sampler.progress = False
+    assert pipeline.sampler.describe() == module.sampler.describe()
+    assert torch.equal(pipeline.sample(4, seed=5).images, module.sample(4, seed=5).images)
+    ddim = DDIMSampler(pipeline.diffusion, num_steps=5, progress=False)
+    steps = []
+    drawn = pipeline.with_sampler(ddim).sample(3, seed=2, callback=steps.append)
+    assert torch.equal(drawn.images, module.sample(3, seed=2, sampler=ddim).images)
+    assert [s["i"] for s in steps] == list(range(5)) and [s["t"] for s in steps] == ddim.timesteps
+    assert torch.equal(steps[-1]["x"], drawn.images) and steps[0]["denoised"].shape == drawn.images.shape
+    trained_net = SamplingPipeline.from_checkpoint(path, use_ema=False)
+    trained_net.sampler.progress = False
+    assert torch.equal(trained_net.sample(2, seed=1).images, module.sample(2, seed=1, use_ema=False).images)
 
 
 def test_resume_from_last_ckpt_continues_steps(trained, tmp_path):

@@ -17,10 +17,10 @@ from torchvision.utils import save_image
 
 from . import preemption
 from .data import image_of
-from .evaluation import bits_per_dim, draw_samples
 from .images import frames_grid, to_grid
 from .loggers import log_image, log_metrics
 from .metrics import SampleMetrics
+from .pipeline import SampleRequest
 from .samplers import Sampler, chain_timesteps, pick_frames
 
 log = logging.getLogger(__name__)
@@ -34,7 +34,7 @@ def report(trainer: pl.Trainer, metrics: dict[str, float]) -> None:
 
 class SampleEvaluation(pl.Callback):
     """At every `every_n_validations`-th validation and at the end of training, draws samples from the
-    EMA weights with fixed seeds (`evaluation.draw_samples`, spread over all ranks) and, from that one set:
+    EMA weights with fixed seeds (the module's `SamplingPipeline`, spread over all ranks) and, from that one set:
       - writes `out_dir/step_XXXXXXX.png` (and `final.png`), a grid of the first `n_grid`;
       - writes a denoising chain (x_T ... x_0 at `chain_frames` timesteps for `chain_samples` images);
       - computes FID (or its offline classifier variant), KID, IS on `fid_samples` samples;
@@ -98,10 +98,11 @@ class SampleEvaluation(pl.Callback):
         dm = trainer.datamodule
         sampler = self.sampler or pl_module.sampler
         chain = pick_frames(sampler.timesteps, self.chain_frames) if self.chain_frames > 1 else ()
-        samples = draw_samples(pl_module, max(self.fid_samples if self.metrics else 0, self.n_grid), self.batch_size,
-                               self.seed, trainer.global_rank, trainer.world_size, keep=self.n_grid,
-                               to_eval=dm.to_eval, metrics=self.metrics, chain_timesteps=chain,
-                               chain_samples=self.chain_samples, sampler=sampler, **self._conditioning(pl_module))
+        pipeline = pl_module.pipeline().with_sampler(sampler)
+        request = SampleRequest(n=max(self.fid_samples if self.metrics else 0, self.n_grid), batch_size=self.batch_size,
+                                seed=self.seed, keep=self.n_grid, chain_timesteps=chain,
+                                chain_samples=self.chain_samples, **self._conditioning(pl_module))
+        samples = pipeline.draw(request, trainer.global_rank, trainer.world_size, dm.to_eval, self.metrics)
         if samples.aborted:
             return {}
         results: dict[str, float] = {}
@@ -111,9 +112,9 @@ class SampleEvaluation(pl.Callback):
             if pl_module.num_classes is not None:
                 results[f"val/{self.metrics.fid_name}_guidance_scale"] = self.guidance_scale
         if self.bpd_images > 0:
-            bpd = bits_per_dim(pl_module, dm.split("val"), self.bpd_images, trainer.global_rank, trainer.world_size,
-                               self.seed, self.batch_size, self.bpd_clip_denoised,
-                               lambda x: trainer.strategy.reduce(x, reduce_op="sum"))
+            bpd = pipeline.bits_per_dim(dm.split("val"), self.bpd_images, self.seed, self.batch_size,
+                                        self.bpd_clip_denoised, trainer.global_rank, trainer.world_size,
+                                        lambda x: trainer.strategy.reduce(x, reduce_op="sum"))
             results["val/bpd"] = bpd["bpd"]
         if results:
             report(trainer, results)

@@ -1,8 +1,9 @@
 """`evaluate(cfg)`: samples and metrics from a checkpoint, on every device it is given (`eval.py`).
 
-The sampling, FID and bits/dim are `evaluation.py`'s, as in training. Rank 0 writes `samples.npz` (uint8,
-N x H x W x C, key `arr_0` as in openai/improved-diffusion), `samples.png` (the first `n_grid`) and
-`metrics.json`, and logs them.
+The checkpoint becomes a `SamplingPipeline` (its EMA weights, its diffusion; the sampler of conf/sampler/ if one
+is chosen, else its own); the sampling, FID and bits/dim are those of training-time evaluation. Rank 0 writes
+`samples.npz` (uint8, N x H x W x C, key `arr_0` as in openai/improved-diffusion), `samples.png` (the first
+`n_grid`) and `metrics.json`, and logs them.
 """
 
 from __future__ import annotations
@@ -24,9 +25,17 @@ log = logging.getLogger(__name__)
 
 
 def run_config(ckpt_path: Path) -> DictConfig | None:
-    """The resolved config.yaml that train.py wrote beside the run's checkpoints/ folder, if present."""
+    """The resolved config.yaml that train.py wrote beside the run's checkpoints/ folder, if present, with its
+    data config in today's form (`compat.upgrade_data_config`)."""
+    from .compat import upgrade_data_config
+
     path = ckpt_path.resolve().parent.parent / "config.yaml"
-    return OmegaConf.load(path) if path.is_file() else None
+    if not path.is_file():
+        return None
+    cfg = OmegaConf.load(path)
+    if cfg.get("data") is not None:
+        cfg.data = upgrade_data_config(cfg.data)
+    return cfg
 
 
 def _inputs(cfg: DictConfig) -> tuple[Path, Any]:
@@ -50,16 +59,15 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     from hydra.utils import instantiate
     from lightning.fabric import Fabric
 
-    from .evaluation import bits_per_dim, draw_samples
     from .metrics import SampleMetrics
-    from .module import DiffusionModule
+    from .pipeline import SampleRequest, SamplingPipeline
 
     ckpt, data_cfg = _inputs(cfg)
     fabric = Fabric(accelerator=cfg.accelerator, devices=cfg.devices, precision=cfg.precision)
     fabric.launch()
-    module = DiffusionModule.load_from_checkpoint(ckpt, map_location="cpu", weights_only=True).to(fabric.device)
-    if cfg.get("perf"):
-        module.set_perf(to_plain(cfg.perf))
+    pipeline = SamplingPipeline.from_checkpoint(ckpt, fabric.device, use_ema=cfg.use_ema,
+                                                sampler=to_plain(cfg.get("sampler")) or None,
+                                                perf=to_plain(cfg.get("perf")) or None)
     datamodule = instantiate(data_cfg) if data_cfg is not None else None
     if datamodule is not None:
         datamodule.check()
@@ -71,20 +79,22 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     if "fid" in cfg.metrics:
         metrics = SampleMetrics(**to_plain(cfg.fid))
         metrics.prepare_on_ranks(datamodule, fabric.device, rank == 0, fabric.barrier)
-    sampler = instantiate(cfg.sampler, diffusion=module.diffusion) if cfg.get("sampler") else module.sampler
-    start = time.perf_counter()
+    sampler = pipeline.sampler
     conditioning = {"classes": to_plain(cfg.get("classes")), "per_row": cfg.nrow,
                     "guidance_scale": float(cfg.get("guidance_scale") or 0.0)}
+    request = SampleRequest(n=cfg.n_samples, batch_size=cfg.batch_size, seed=cfg.seed, keep=cfg.n_samples,
+                            **conditioning)
+    start = time.perf_counter()
     with fabric.autocast():
         for i in range(cfg.warmup_batches):  # compile / capture CUDA graphs outside the timed part
-            draw_samples(module, min(cfg.batch_size, cfg.n_samples), cfg.batch_size, cfg.seed + i, 0, 1, keep=0,
-                         use_ema=cfg.use_ema, sampler=sampler, **conditioning)
+            warm = SampleRequest(n=min(cfg.batch_size, cfg.n_samples), batch_size=cfg.batch_size, seed=cfg.seed + i,
+                                 **conditioning)
+            pipeline.draw(warm)
     _sync(fabric.device)
     warmup_seconds, start = time.perf_counter() - start, time.perf_counter()
     with fabric.autocast():
-        samples = draw_samples(module, cfg.n_samples, cfg.batch_size, cfg.seed, rank, world, keep=cfg.n_samples,
-                               to_eval=datamodule.to_eval if datamodule is not None else (lambda x: x),
-                               metrics=metrics, use_ema=cfg.use_ema, sampler=sampler, **conditioning)
+        samples = pipeline.draw(request, rank, world, datamodule.to_eval if datamodule is not None else (lambda x: x),
+                                metrics)
     _sync(fabric.device)
     seconds = time.perf_counter() - start
     np.savez(out_dir / f"samples_rank{rank}.npz", samples.images.permute(0, 2, 3, 1).numpy())
@@ -94,15 +104,14 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
                                "seed": int(cfg.seed), "n_samples": samples.n_total, "sampler": sampler.describe(),
                                "nfe": sampler.nfe, "clip_denoised": getattr(sampler, "clip_denoised", None),
                                "sampling_seconds": round(seconds, 3), "warmup_seconds": round(warmup_seconds, 3)}
-    if module.num_classes is not None:
+    if pipeline.num_classes is not None:
         results.update({"guidance_scale": conditioning["guidance_scale"], "classes": conditioning["classes"]})
     if metrics is not None:
         results.update(metrics.compute(samples.n_total))
     if "bpd" in cfg.metrics:
-        results.update(bits_per_dim(module, datamodule.split("val"), cfg.bpd_images, rank, world, cfg.seed,
-                                    cfg.batch_size, cfg.bpd_clip_denoised,
-                                    lambda x: fabric.all_reduce(x, reduce_op="sum"),
-                                    use_ema=cfg.use_ema))
+        results.update(pipeline.bits_per_dim(datamodule.split("val"), cfg.bpd_images, cfg.seed, cfg.batch_size,
+                                             cfg.bpd_clip_denoised, rank, world,
+                                             lambda x: fabric.all_reduce(x, reduce_op="sum")))
         results["bpd_clip_denoised"] = bool(cfg.bpd_clip_denoised)
     fabric.barrier()
     if rank == 0:

@@ -70,6 +70,25 @@ def check_conditioning(num_classes: int | None, labels: object = None, guidance_
     return classes
 
 
+def check_labels(num_classes: int | None, datamodule: object) -> None:
+    """At build time, the one check that data and model agree on labels: a conditional model's label embedding
+    covers the data set's classes and its batches carry labels; an unconditional model gets no labels."""
+    from .config import ConfigError
+
+    labelled = bool(getattr(datamodule, "labels", False))
+    if num_classes is None:
+        if labelled:
+            raise ConfigError("data.labels=true with an unconditional model: set model.num_classes, or "
+                              "data.labels=false")
+        return
+    if not labelled:
+        raise ConfigError(f"model.num_classes={num_classes} needs labelled batches: set data.labels=true")
+    found = datamodule.num_classes()  # type: ignore[attr-defined]
+    if found != num_classes:
+        raise ConfigError(f"model.num_classes={num_classes}, but {datamodule.name} has {found} classes "  # type: ignore[attr-defined]
+                          f"(labels 0..{found - 1}): set model.num_classes={found}")
+
+
 def guided(net: nn.Module, labels: Tensor, guidance_scale: float) -> EpsModel:
     """f(x_t, t) with guidance w = `guidance_scale`: one batched forward of 2B (conditional, then the network's own
     null label, `net.null_label`) per call; w = 0 is one forward of the conditional model. The prediction channels

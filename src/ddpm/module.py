@@ -1,10 +1,10 @@
-"""The LightningModule: L_simple (L_hybrid, L_vlb) training, warm-up, EMA, and sampling from the EMA weights.
+"""The LightningModule: glue between Lightning and the owners of each concept.
 
-Lightning glue only: the math is in `diffusion.py`, the loss and the choice of t in `objective.py`, the
-averaging in `ema.py`, execution choices in `perf.py`, random streams in `rng.py`. The constructor takes plain
-configs (dicts with `_target_`) and saves exactly those as hyperparameters, so a checkpoint loads with
-`torch.load(..., weights_only=True)` and `DiffusionModule.load_from_checkpoint(path)` rebuilds the network with
-no Hydra run around it.
+The math is `diffusion.py`'s, what the network's output means `parametrization.py`'s, the loss and the choice of
+t `objective.py`'s, sampling `pipeline.py`'s, the averaging `ema.py`'s, execution choices `perf.py`'s, exact
+resume `resume.py`'s, old checkpoints `compat.py`'s. The constructor takes plain configs (dicts with `_target_`)
+and saves exactly those as hyperparameters, so a checkpoint loads with `torch.load(..., weights_only=True)` and
+`DiffusionModule.load_from_checkpoint(path)` rebuilds the network with no Hydra run around it.
 """
 
 from __future__ import annotations
@@ -18,15 +18,16 @@ import torch
 from hydra.utils import instantiate
 from torch import Tensor
 
+from .compat import MODULE_DEFAULTS as OLD
+from .compat import legacy_perf
 from .config import UserError
-from .diffusion import GaussianDiffusion
 from .ema import EMA, ema_decay_at
-from .guidance import check_conditioning, conditional, guided
-from .loggers import resume_ids
+from .guidance import check_labels, conditional
 from .objective import Objective, training_losses, uniform_timesteps
 from .optim import build_optimizer, clip_gradients
-from .perf import ExecutionPlan, legacy_perf, match_state_layout, resolve_plan
-from .rng import checkpoint_rng_states, continue_or_seed_ranks
+from .perf import ExecutionPlan, resolve_plan
+from .pipeline import SamplingPipeline, build_network
+from .resume import ExactResume
 from .samplers import SampleOutput, Sampler
 
 
@@ -38,24 +39,23 @@ class DiffusionModule(pl.LightningModule):
     def __init__(self, model: dict[str, Any], scheduler: dict[str, Any], sampler: dict[str, Any],
                  optimizer: dict[str, Any], image_shape: Sequence[int], variance_type: str, lr_warmup_steps: int,
                  ema_decay: float, ema_warmup: bool, val_seed: int, check_every_n_steps: int,
-                 perf: dict[str, Any] | None = None, prediction: str = "eps", vlb_weight: float = 0.001,
-                 cond_drop_prob: float = 0.0, loss: str = "simple", timestep_sampler: str = "uniform",
-                 loss_aware: dict[str, Any] | None = None, **legacy: Any) -> None:
+                 perf: dict[str, Any] | None = None, prediction: str = OLD["prediction"],
+                 vlb_weight: float = OLD["vlb_weight"], cond_drop_prob: float = OLD["cond_drop_prob"],
+                 loss: str = OLD["loss"], timestep_sampler: str = OLD["timestep_sampler"],
+                 loss_aware: dict[str, Any] | None = OLD["loss_aware"], **legacy: Any) -> None:
         """perf: the `perf` config group (None: eager fp32). check_every_n_steps: how often the loss is checked
         for NaN and the per-quarter losses are logged (each check waits for the GPU); 0 never. prediction: eps | x0
-        | v; vlb_weight: lambda of L_hybrid, used with a learned variance only (a fixed one has nothing for L_vlb to
-        train); cond_drop_prob: label dropout of a conditional model; loss, timestep_sampler, loss_aware: see
-        `objective.py`. With a fixed variance and no classes the defaults are DDPM's, so checkpoints saved before
-        these existed load unchanged."""
+        | v; vlb_weight: lambda of L_hybrid, used with a learned variance only; cond_drop_prob: label dropout of
+        a conditional model; loss, timestep_sampler, loss_aware: see `objective.py`. The defaults are the values
+        of checkpoints saved before these keys existed (`compat.py`)."""
         super().__init__()
         perf = perf if perf is not None else legacy_perf(legacy)  # checkpoints saved before the perf group
         if legacy:
             raise TypeError(f"DiffusionModule got unexpected arguments {sorted(legacy)}")
         self.save_hyperparameters()
         self.hparams["perf"] = perf
-        self.diffusion = GaussianDiffusion(instantiate(scheduler), variance_type=variance_type, prediction=prediction)
-        self.hparams["model"] = model = self.diffusion.parametrization.network_config(model, int(image_shape[0]))
-        self.net = instantiate(model)
+        self.diffusion, self.net, self.hparams["model"] = build_network(model, scheduler, image_shape, variance_type,
+                                                                        prediction)
         self.objective = Objective(self.diffusion, loss, vlb_weight, timestep_sampler, loss_aware, cond_drop_prob,
                                    self.num_classes, getattr(self.net, "null_label", None))
         self.timestep_sampler = self.objective.timestep_sampler  # a submodule: its history is checkpointed
@@ -66,7 +66,7 @@ class DiffusionModule(pl.LightningModule):
         self.checked_loss: float | None = None  # train/loss at the last NaN check (shown by LossProgressBar)
         self._plan: ExecutionPlan | None = None
         self._plan_fixed = False  # resolved for a Trainer's device (setup), until teardown
-        self._resume_checkpoint: dict[str, Any] | None = None
+        self.resume = ExactResume()
         self.__dict__["_compiled"] = {}  # compiled views of net / ema.module: no duplicate state_dict keys
 
     @property
@@ -76,8 +76,14 @@ class DiffusionModule(pl.LightningModule):
 
     # ----- the execution plan ------------------------------------------------------------------
     def setup(self, stage: str) -> None:
+        """The plan, resolved once for the Trainer's device and handed to the data module; the data checked
+        against the model's classes."""
         self._plan = resolve_plan(self.hparams.perf, self.trainer.strategy.root_device, str(self.trainer.precision))
         self._plan_fixed = True
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if datamodule is not None:
+            datamodule.plan = self._plan
+            check_labels(self.num_classes, datamodule)
 
     def teardown(self, stage: str) -> None:
         self._plan_fixed = False
@@ -111,33 +117,23 @@ class DiffusionModule(pl.LightningModule):
         return self._compiled[which]
 
     # ----- training ----------------------------------------------------------------------------
-    def _images_and_labels(self, batch: Tensor | Sequence[Tensor]) -> tuple[Tensor, Tensor | None]:
-        """Batches are images (B, C, H, W), or (images, labels (B,)) for a conditional model."""
-        images, labels = (batch[0], batch[1]) if isinstance(batch, (tuple, list)) else (batch, None)
-        if (labels is None) != (self.num_classes is None):
-            raise UserError("a class-conditional model (model.num_classes set) needs data.labels=true, and an "
-                            "unconditional one data.labels=false")
-        return images, labels
-
     def training_step(self, batch: Tensor | Sequence[Tensor], batch_idx: int) -> Tensor:
-        images, labels = self._images_and_labels(batch)
+        images, labels = unpack(batch)
         images = images.contiguous(memory_format=self.plan.batch_memory_format)
         if self.plan.cuda_graphs:
             torch.compiler.cudagraph_mark_step_begin()  # a new iteration: the last step's graph outputs may be reused
         out = self.objective(self.network("train"), images, labels, gather=self.all_gather)
-        loss = out.loss
-        self._last_loss = loss.detach()
+        self._last_loss = out.loss.detach()
         every = self.hparams.check_every_n_steps
         if every and self.global_step % every == 0:
-            self.checked_loss = self._check_finite(loss)
+            self.checked_loss = self._check_finite(out.loss)
             for q, (mean, count) in out.by_quarter(self.diffusion.num_timesteps).items():  # train/loss_q0: least noise
                 self.log(f"train/loss_q{q}", mean, on_step=True, on_epoch=False, batch_size=count)
             for name, value in out.parts.items():  # L_hybrid's parts (vlb: L_t in bits/dim)
                 self.log(f"train/{name}", value.detach().mean(), on_step=True, on_epoch=False)
-        # Not prog_bar=True: Lightning turns progress-bar tensors into floats at every step, a wait for the GPU
-        # (its cost in host time per step: benchmarks/RESULTS.md).
-        self.log("train/loss", loss, on_step=True, on_epoch=False, batch_size=images.shape[0])
-        return loss
+        # Not prog_bar=True: Lightning turns progress-bar tensors into floats at every step, a wait for the GPU.
+        self.log("train/loss", out.loss, on_step=True, on_epoch=False, batch_size=images.shape[0])
+        return out.loss
 
     def _check_finite(self, loss: Tensor) -> float:
         """The loss as a float (this waits for the GPU); NonFiniteLossError if it is NaN or infinite."""
@@ -157,8 +153,7 @@ class DiffusionModule(pl.LightningModule):
     def configure_gradient_clipping(self, optimizer: torch.optim.Optimizer, gradient_clip_val: float | None = None,
                                     gradient_clip_algorithm: str | None = None) -> None:
         """Clip (trainer.gradient_clip_val) and log train/grad_norm, the norm before clipping. Done here, not by
-        Lightning, so fused optimizers clip too (Lightning refuses them for fp16 loss scaling, which the plan
-        refuses). Lightning calls this after the gradients are unscaled."""
+        Lightning, so fused optimizers clip too. Lightning calls this after the gradients are unscaled."""
         norm = clip_gradients(self._net_parameters, gradient_clip_val, gradient_clip_algorithm)
         if norm is not None:
             self.log("train/grad_norm", norm, on_step=True, on_epoch=False)
@@ -175,30 +170,22 @@ class DiffusionModule(pl.LightningModule):
         return build_optimizer(self.hparams.optimizer, self.net.parameters(), self.plan.fused_optimizer,
                                self.hparams.lr_warmup_steps)
 
-    # ----- exact resume ------------------------------------------------------------------------
+    # ----- exact resume (resume.py) ------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """RNG streams (t, eps, dropout) and the W&B run id; a non-finite loss stops the save (no NaN weights)."""
-        if getattr(self, "_last_loss", None) is not None:
-            self._check_finite(self._last_loss)
-        checkpoint.update(checkpoint_rng_states(self.trainer.world_size))
-        checkpoint.update(resume_ids(self.loggers))
+        last = getattr(self, "_last_loss", None)
+        self.resume.save(self.trainer, checkpoint, lambda: last is not None and self._check_finite(last))
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        self._resume_checkpoint = {k: checkpoint[k] for k in ("rng_states", "rng_states_per_rank") if k in checkpoint}
+        self.resume.load(checkpoint)
 
     def on_train_start(self) -> None:
-        """After the optimizer is restored: its state takes its parameters' layout; the RNG streams continue the
-        saved run's or, under DDP, each rank gets its own."""
-        for optimizer in self.trainer.optimizers:
-            match_state_layout(optimizer)
-        resumed, self._resume_checkpoint = self._resume_checkpoint, None
-        continue_or_seed_ranks(resumed, self.trainer.global_rank, self.trainer.world_size)
+        self.resume.start(self.trainer)
 
     # ----- validation and sampling -------------------------------------------------------------
     def validation_step(self, batch: Tensor | Sequence[Tensor], batch_idx: int) -> Tensor:
         """The training loss of the EMA network on held-out images (true labels), with t and noise fixed by seed
         for comparable curves."""
-        images, labels = self._images_and_labels(batch)
+        images, labels = unpack(batch)
         g = torch.Generator(device=images.device).manual_seed(self.hparams.val_seed + batch_idx)
         t = uniform_timesteps(self.diffusion.num_timesteps, images.shape[0], images.device, generator=g)
         noise = torch.randn(images.shape, device=images.device, generator=g, dtype=images.dtype)
@@ -207,25 +194,21 @@ class DiffusionModule(pl.LightningModule):
         self.log("val/loss", loss, prog_bar=True, on_epoch=True, batch_size=images.shape[0], sync_dist=True)
         return loss
 
-    @torch.no_grad()
+    def pipeline(self, use_ema: bool = True) -> SamplingPipeline:
+        """The EMA network (compiled as the plan says; use_ema=False: the trained one, eager) with the diffusion
+        and the module's sampler: what every sample of this module is drawn by."""
+        if not use_ema:
+            return SamplingPipeline(self.net, self.diffusion, self.sampler, self.image_shape)
+        return SamplingPipeline(self.ema.module, self.diffusion, self.sampler, self.image_shape,
+                                self.plan.sample_bf16, forward=self.network("sample"))
+
     def sample(self, n: int, seed: int = 0, use_ema: bool = True, record_timesteps: Sequence[int] = (),
                sampler: Sampler | None = None, labels: Tensor | None = None,
                guidance_scale: float = 0.0) -> SampleOutput:
-        """n samples (n, C, H, W) in [-1, 1] from the EMA net (dropout off), by seed; `sampler`: else the module's.
-        A conditional model samples `labels` (n,) (default: classes 0..K-1 in turn) with classifier-free guidance
-        w = guidance_scale (0: the conditional model)."""
-        base = self.ema.module if use_ema else self.net
-        was_training = base.training
-        base.eval()
-        try:
-            net = self.network("sample") if use_ema else base
-            check_conditioning(self.num_classes, labels, guidance_scale)
-            if self.num_classes is not None:
-                labels = labels if labels is not None else torch.arange(n) % self.num_classes
-                net = guided(net, labels.to(self.device), guidance_scale)
-            g = torch.Generator(device=self.device).manual_seed(seed)
-            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.plan.sample_bf16):
-                return (sampler or self.sampler).sample(net, (n, *self.image_shape), generator=g,
-                                                        record_timesteps=record_timesteps)
-        finally:
-            base.train(was_training)
+        """n samples in [-1, 1] by seed (`SamplingPipeline.sample`), with `sampler` or the module's."""
+        return self.pipeline(use_ema).with_sampler(sampler).sample(n, seed, labels, guidance_scale, record_timesteps)
+
+
+def unpack(batch: Tensor | Sequence[Tensor]) -> tuple[Tensor, Tensor | None]:
+    """Batches are images (B, C, H, W), or (images, labels (B,)) for a conditional model (checked at setup)."""
+    return (batch[0], batch[1]) if isinstance(batch, (tuple, list)) else (batch, None)

@@ -118,16 +118,6 @@ def resolve_plan(perf: dict[str, Any] | None, device: torch.device, precision: s
     return plan
 
 
-def legacy_perf(hparams: dict[str, Any]) -> dict[str, Any] | None:
-    """The perf config of a checkpoint saved before the `perf` group existed (its switches were module keys)."""
-    keys = ("compile", "compile_mode", "channels_last", "fused_optimizer", "sample_precision")
-    if not any(k in hparams for k in keys):
-        return None
-    old = {k: hparams.pop(k) for k in keys if k in hparams}
-    return {"compile": False, "compile_mode": "default", "channels_last": False, "fused_optimizer": False,
-            "sample_precision": "32", **old, "data_on_device": False, "data_on_device_max_gib": 0.0}
-
-
 def match_state_layout(optimizer: torch.optim.Optimizer) -> None:
     """Give each per-parameter state tensor (Adam's moments, SGD's momentum) its parameter's strides.
 

@@ -40,22 +40,6 @@ def build_module(cfg: DictConfig):
         raise ConfigError(str(err.__cause__ or err)) from err  # Hydra wraps the constructor's own message
 
 
-def check_classes(module, datamodule) -> None:
-    """A conditional model's label embedding must cover the data set's classes, and batches must carry labels."""
-    k = module.num_classes
-    if k is None:
-        if getattr(datamodule, "labels", False):
-            raise ConfigError("data.labels=true with an unconditional model: set model.num_classes, or "
-                              "data.labels=false")
-        return
-    if not getattr(datamodule, "labels", False):
-        raise ConfigError(f"model.num_classes={k} needs labelled batches: set data.labels=true")
-    found = datamodule.num_classes()
-    if found != k:
-        raise ConfigError(f"model.num_classes={k}, but {datamodule.name} has {found} classes (labels 0..{found - 1}):"
-                          f" set model.num_classes={found}")
-
-
 def _diff(old: Any, new: Any, prefix: str) -> list[str]:
     if isinstance(old, dict) and isinstance(new, dict):
         return [d for k in sorted(set(old) | set(new)) for d in _diff(old.get(k), new.get(k), f"{prefix}.{k}")]
@@ -153,6 +137,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
     from . import preemption
     from .checks import TRAIN_RULES, check_config
+    from .guidance import check_labels
     from .loggers import build_loggers, logger_config
     from .sweep import write_job_metrics
 
@@ -169,7 +154,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     datamodule = instantiate(cfg.data)
     module = build_module(cfg)
     datamodule.check()
-    check_classes(module, datamodule)
+    check_labels(module.num_classes, datamodule)
     ckpt_path = resolve_ckpt_path(cfg, module)
     resume = check_checkpoint(ckpt_path, module) if ckpt_path else {}
 

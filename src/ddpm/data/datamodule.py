@@ -40,11 +40,10 @@ class ImageDataModule(pl.LightningDataModule):
 
     def __init__(self, root: str, image_size: int, channels: int, batch_size: int, val_fraction: float,
                  random_flip: bool, num_workers: int, split_seed: int, pin_memory: bool, name: str,
-                 shuffle_seed: int | None, fit: str = "resize", on_device=None, on_device_max_gib=None,
-                 labels: bool = False) -> None:
-        """fit: "pad" or "resize" when the set's images are smaller than image_size. on_device(_max_gib): accepted
-        (and ignored) so that configs of older runs load; the perf group holds them now. labels: batches are
-        (images, labels) for a class-conditional model (model.num_classes set)."""
+                 shuffle_seed: int | None, fit: str = "resize", labels: bool = False) -> None:
+        """fit: "pad" or "resize" when the set's images are smaller than image_size. labels: batches are
+        (images, labels) for a class-conditional model (model.num_classes set). Configs of older runs are
+        upgraded by `compat.upgrade_data_config`."""
         super().__init__()
         if not 0.0 < val_fraction < 1.0:
             raise ValueError(f"data.val_fraction must be in (0, 1), got {val_fraction}")
@@ -55,7 +54,7 @@ class ImageDataModule(pl.LightningDataModule):
         self.val_fraction, self.random_flip, self.num_workers = val_fraction, random_flip, num_workers
         self.split_seed, self.pin_memory, self.labels = split_seed, pin_memory, bool(labels)
         self.shuffle_seed = int(shuffle_seed if shuffle_seed is not None else torch.randint(2**31, ()).item())
-        self.plan: ExecutionPlan | None = None  # without a Trainer; with one, its module's plan is read
+        self.plan: ExecutionPlan | None = None  # the execution plan, handed over by the module at setup
         self._resume_batches = 0  # batches of the current epoch already trained on (set when resuming)
         self.train_set: Dataset | None = None
         self.val_set: Dataset | None = None
@@ -149,7 +148,7 @@ class ImageDataModule(pl.LightningDataModule):
                             f"data.batch_size={self.batch_size} each")
         sampler = EpochSampler(len(train), self.shuffle_seed, rank, world, flip_p=0.5 if self.random_flip else 0.0)
         sampler.skip, self._resume_batches = self._resume_batches * self.batch_size, 0
-        plan = self.plan if self.trainer is None else getattr(self.trainer.lightning_module, "plan", None)
+        plan = self.plan
         nbytes = len(train) * self.channels * self.image_size ** 2 * 4  # float32
         if plan is not None and plan.holds_data(nbytes):
             labels = self._labels_on(plan.device) if self.labels else None

@@ -6,10 +6,10 @@ S steps; `DDIMSampler`: DDIM with eta; `DPMSolverSampler`: DPM-Solver++(2M). Not
 """
 
 from .ancestral import AncestralSampler, respaced
-from .base import SampleOutput, Sampler, chain_timesteps, pick_frames
+from .base import SampleOutput, Sampler, StepCallback, chain_timesteps, pick_frames
 from .ddim import DDIMSampler
 from .dpm_solver import DPMSolverSampler
 from .spacing import SPACINGS, spaced_timesteps
 
-__all__ = ["AncestralSampler", "DDIMSampler", "DPMSolverSampler", "SPACINGS", "SampleOutput", "Sampler",
+__all__ = ["AncestralSampler", "DDIMSampler", "DPMSolverSampler", "SPACINGS", "SampleOutput", "Sampler", "StepCallback",
            "chain_timesteps", "pick_frames", "respaced", "spaced_timesteps"]

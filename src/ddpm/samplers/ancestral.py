@@ -28,17 +28,25 @@ def respaced(diffusion: GaussianDiffusion, timesteps: Sequence[int]) -> Gaussian
 
 class AncestralSampler(Sampler):
     """x_T ~ N(0, I); for each kept t (descending), x_{t-1} ~ p(x_{t-1} | x_t) on the (respaced) chain; no noise
-    at the last step. num_steps = None or T: all T steps."""
+    at the last step. num_steps = None or T: all T steps. var_frac (a learned-variance model only): sample with the
+    variance head replaced by this constant frac (1: beta', 0: beta_tilde'), the same mean network with a fixed
+    variance -- the ablation that separates what the learned variance buys from what L_hybrid did to the mean."""
 
     def __init__(self, diffusion: GaussianDiffusion, clip_denoised: bool = True, num_steps: int | None = None,
-                 spacing: str = "trailing", progress: bool = True, cap_at_num_timesteps: bool = False) -> None:
+                 spacing: str = "trailing", progress: bool = True, cap_at_num_timesteps: bool = False,
+                 var_frac: float | None = None) -> None:
         super().__init__(diffusion, num_steps, spacing, progress, cap_at_num_timesteps)
         self.clip_denoised = clip_denoised
+        if var_frac is not None and (not diffusion.parametrization.variance.learned or not 0.0 <= var_frac <= 1.0):
+            raise ValueError(f"sampler.var_frac={var_frac} needs a learned-variance model (this one's variance: "
+                             f"{diffusion.parametrization.variance.name}) and a value in [0, 1]")
+        self.var_frac = var_frac
         self._chains: dict[torch.device, GaussianDiffusion] = {}
 
     def describe(self) -> str:
         spaced = "" if self.nfe == self.diffusion.num_timesteps else f", {self.spacing}"
-        return f"ancestral(S={self.nfe}{spaced}, {self.diffusion.variance_type})"
+        frac = "" if self.var_frac is None else f", frac={self.var_frac:g}"
+        return f"ancestral(S={self.nfe}{spaced}, {self.diffusion.variance_type}{frac})"
 
     def chain(self) -> GaussianDiffusion:
         """The chain the steps run on, on the diffusion's current device."""
@@ -54,6 +62,7 @@ class AncestralSampler(Sampler):
         chain, i = self.chain(), self.nfe - 1 - k  # the step's index on the (respaced) chain
         i_t = t if chain is self.diffusion else torch.full_like(t, i)
         # a learned variance: frac interpolates between the respaced chain's beta'_i and beta_tilde'_i
-        step = chain.p_mean_variance(out.eps, x, i_t, clip_denoised=self.clip_denoised, var_frac=out.var_frac)
+        frac = out.var_frac if self.var_frac is None else torch.full_like(out.eps, self.var_frac)
+        step = chain.p_mean_variance(out.eps, x, i_t, clip_denoised=self.clip_denoised, var_frac=frac)
         z = torch.randn(x.shape, device=x.device, generator=generator) if i > 0 else torch.zeros_like(x)
         return chain.p_sample_step(step, i_t, z)

@@ -6,7 +6,7 @@ import logging
 import sys
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Iterable, Iterator, Sequence, TypeVar
+from typing import Callable, Iterable, Iterator, Sequence, TypeVar
 
 import torch
 from torch import Tensor
@@ -16,6 +16,8 @@ from .spacing import spaced_timesteps
 
 log = logging.getLogger(__name__)
 Item = TypeVar("Item")
+# called after every step with {"i": step index, "t": the visited t, "x": the new state, "denoised": x_0's estimate}
+StepCallback = Callable[[dict], None]
 
 
 @dataclass
@@ -95,9 +97,10 @@ class Sampler(ABC):
 
     @torch.no_grad()
     def sample(self, model: EpsModel, shape: Sequence[int], generator: torch.Generator | None = None,
-               record_timesteps: Sequence[int] = (), noise: Tensor | None = None) -> SampleOutput:
+               record_timesteps: Sequence[int] = (), noise: Tensor | None = None,
+               callback: StepCallback | None = None) -> SampleOutput:
         """Draw `shape[0]` samples from x_T = `noise` (else N(0, I) from `generator`); record the input x_t at each
-        visited t in `record_timesteps`, then x_0."""
+        visited t in `record_timesteps`, then x_0; `callback` after every step (k-diffusion's convention)."""
         record = set(record_timesteps)
         x = noise if noise is not None else torch.randn(*shape, device=self.diffusion.betas.device, generator=generator)
         out, state = SampleOutput(images=x), {}
@@ -107,7 +110,12 @@ class Sampler(ABC):
                 out.chain.append(x.clone())
                 out.chain_timesteps.append(t_int)
             t = torch.full((x.shape[0],), t_int, device=x.device, dtype=torch.long)
-            x = self.advance(k, t, self.diffusion.split_output(model(x, t), x, t), x, generator, state)
+            read = self.diffusion.split_output(model(x, t), x, t)
+            x_next = self.advance(k, t, read, x, generator, state)
+            if callback is not None:
+                denoised = self.diffusion.predict_x0_from_eps(x, t, read.eps)
+                callback({"i": k, "t": t_int, "x": x_next, "denoised": denoised})
+            x = x_next
         if record:
             out.chain.append(x.clone())
             out.chain_timesteps.append(-1)  # the final sample x_0
