@@ -45,18 +45,15 @@ def sync() -> None:
         torch.cuda.synchronize()
 
 
-def load(ckpt: Path, perf: str | None = None):
+def load(ckpt: Path, perf: str | None = None, fid: str = "classifier", fid_overrides: tuple[str, ...] = ()):
     """The checkpoint's sampling pipeline (EMA weights) on the GPU (else CPU), its run's data module and the eval
     config's metrics (prepared: feature network and reference statistics). perf: a conf/perf plan name instead
-    of the run's."""
-    from hydra import compose, initialize_config_dir
+    of the run's; fid / fid_overrides: the conf/fid option and overrides (e.g. fid.weights_path=...)."""
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
     from ddpm.checkpoint import read_checkpoint
-    from ddpm.config import to_plain
     from ddpm.evaluate import run_config
-    from ddpm.metrics import SampleMetrics
     from ddpm.pipeline import SamplingPipeline
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -64,13 +61,25 @@ def load(ckpt: Path, perf: str | None = None):
     pipeline = SamplingPipeline.from_checkpoint(ckpt, device, perf=plan)
     dm = instantiate(run_config(ckpt).data)
     dm.check()
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose(config_name="eval", overrides=[f"ckpt_path={ckpt}", "paths.output_dir=."])
-    metrics = SampleMetrics(**to_plain(cfg.fid))
-    metrics.prepare(dm, device)
+    metrics = prepare_metrics(ckpt, dm, device, fid, fid_overrides)
     print(f"# {ckpt}: step {read_checkpoint(ckpt)['global_step']}, {dm.name}, "
           f"{torch.cuda.get_device_name() if device.type == 'cuda' else 'cpu'}", flush=True)
     return pipeline, dm, metrics
+
+
+def prepare_metrics(ckpt: Path, dm, device: torch.device, fid: str = "classifier", overrides: tuple[str, ...] = ()):
+    """SampleMetrics of eval.py's config with fid=<fid>, its reference statistics ready."""
+    from hydra import compose, initialize_config_dir
+
+    from ddpm.config import to_plain
+    from ddpm.metrics import SampleMetrics
+
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose(config_name="eval", overrides=[f"ckpt_path={ckpt}", "paths.output_dir=.", f"fid={fid}",
+                                                      *overrides])
+    metrics = SampleMetrics(**to_plain(cfg.fid))
+    metrics.prepare(dm, device)
+    return metrics
 
 
 def make_sampler(pipeline, name: str, overrides: dict):

@@ -38,6 +38,11 @@ class Prediction:
         """The prediction as eps, for the x_t it was made from."""
         raise NotImplementedError
 
+    def to_eps_at(self, x_t: Tensor, pred: Tensor, alpha: float, sigma: float) -> Tensor:
+        """The prediction as eps for x_t = alpha x_0 + sigma eps at any noise level, a fractional t included
+        (EDM's sampler between the trained timesteps): alpha = sqrt(abar), sigma = sqrt(1 - abar)."""
+        raise NotImplementedError
+
 
 class EpsPrediction(Prediction):
     """DDPM: the network predicts the noise."""
@@ -48,6 +53,9 @@ class EpsPrediction(Prediction):
         return eps
 
     def to_eps(self, d: GaussianDiffusion, x_t: Tensor, t: Tensor, pred: Tensor) -> Tensor:
+        return pred
+
+    def to_eps_at(self, x_t: Tensor, pred: Tensor, alpha: float, sigma: float) -> Tensor:
         return pred
 
 
@@ -62,6 +70,9 @@ class X0Prediction(Prediction):
     def to_eps(self, d: GaussianDiffusion, x_t: Tensor, t: Tensor, pred: Tensor) -> Tensor:
         return d.predict_eps_from_x0(x_t, t, pred)
 
+    def to_eps_at(self, x_t: Tensor, pred: Tensor, alpha: float, sigma: float) -> Tensor:
+        return (x_t - alpha * pred) / sigma
+
 
 class VPrediction(Prediction):
     """Salimans & Ho (2022): v = sqrt(abar_t) eps - sqrt(1 - abar_t) x_0."""
@@ -73,6 +84,9 @@ class VPrediction(Prediction):
 
     def to_eps(self, d: GaussianDiffusion, x_t: Tensor, t: Tensor, pred: Tensor) -> Tensor:
         return d.predict_eps_from_v(x_t, t, pred)
+
+    def to_eps_at(self, x_t: Tensor, pred: Tensor, alpha: float, sigma: float) -> Tensor:
+        return sigma * x_t + alpha * pred  # v = alpha eps - sigma x_0 and x_t = alpha x_0 + sigma eps
 
 
 # ----- variances --------------------------------------------------------------------------------
@@ -167,6 +181,12 @@ class Parametrization:
     def prediction_channels(self, out: Tensor, channels: int) -> Tensor:
         """The channels L_simple regresses and guidance mixes: the first C (the rest is the variance's)."""
         return out[:, :channels]
+
+    def eps_at(self, out: Tensor, x_t: Tensor, alpha: float, sigma: float) -> Tensor:
+        """The network's output at noise level (alpha, sigma) as eps; a learned variance's channels are not read
+        (samplers that fix their own noise, EDM's)."""
+        self.check_output(out, x_t)
+        return self.prediction.to_eps_at(x_t, out[:, : x_t.shape[1]].to(x_t.dtype), alpha, sigma)
 
     def read(self, d: GaussianDiffusion, out: Tensor, x_t: Tensor, t: Tensor) -> ModelOutput:
         """The network's output (B, C or 2C, H, W) as eps and, for a learned variance, frac = (v + 1) / 2."""

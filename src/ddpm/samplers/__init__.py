@@ -2,14 +2,16 @@
 
 Each is built from a `GaussianDiffusion` and called with the network, the batch shape and a generator; every
 one runs on every checkpoint (training is the same). `AncestralSampler`: DDPM's T steps, or a respaced chain of
-S steps; `DDIMSampler`: DDIM with eta; `DPMSolverSampler`: DPM-Solver++(2M). Nothing here trains or logs.
+S steps; `DDIMSampler`: DDIM with eta; `DPMSolverSampler`: DPM-Solver++(2M), ODE or SDE;
+`EDMSampler`: Karras et al.'s Heun sampler with churn, the model seen as a denoiser. Nothing here trains or logs.
 """
 
 from .ancestral import AncestralSampler, respaced
 from .base import SampleOutput, Sampler, StepCallback, chain_timesteps, pick_frames
 from .ddim import DDIMSampler
 from .dpm_solver import DPMSolverSampler
+from .edm import EDMSampler
 from .spacing import SPACINGS, spaced_timesteps
 
-__all__ = ["AncestralSampler", "DDIMSampler", "DPMSolverSampler", "SPACINGS", "SampleOutput", "Sampler", "StepCallback",
-           "chain_timesteps", "pick_frames", "respaced", "spaced_timesteps"]
+__all__ = ["AncestralSampler", "DDIMSampler", "DPMSolverSampler", "EDMSampler", "SPACINGS", "SampleOutput", "Sampler",
+           "StepCallback", "chain_timesteps", "pick_frames", "respaced", "spaced_timesteps"]
