@@ -46,10 +46,12 @@ class SampleEvaluation(pl.Callback):
     def __init__(self, out_dir: str, n_grid: int, nrow: int, seed: int, upscale: int, every_n_validations: int,
                  batch_size: int, chain_frames: int, chain_samples: int, fid: dict[str, Any] | None, fid_samples: int,
                  bpd_images: int, bpd_clip_denoised: bool, sampler: Callable[..., Sampler] | None = None,
-                 guidance_scale: float = 0.0, classes: list[int] | None = None) -> None:
+                 guidance_scale: float = 0.0, classes: list[int] | None = None,
+                 check_against_chain: bool = False) -> None:
         """sampler: a sampler without its diffusion (a partial), completed with the module's; None: the module's
         own sampler (the config's `sampler`). guidance_scale, classes: for class-conditional models, the
-        classifier-free guidance w and the classes drawn (None: all), one grid row per class."""
+        classifier-free guidance w and the classes drawn (None: all), one grid row per class.
+        check_against_chain: at the end of training, the FID once more with the run's own sampler."""
         self.out_dir = Path(out_dir)
         self.n_grid, self.nrow, self.seed, self.upscale = n_grid, nrow, seed, upscale
         self.every_n_validations, self.batch_size = every_n_validations, batch_size
@@ -58,6 +60,7 @@ class SampleEvaluation(pl.Callback):
         self.fid_samples, self.bpd_images, self.bpd_clip_denoised = fid_samples, bpd_images, bpd_clip_denoised
         self.make_sampler, self.sampler = sampler, None
         self.guidance_scale, self.classes = float(guidance_scale), classes
+        self.check_against_chain = check_against_chain
         self._validations = 0
         self._last_grid: Path | None = None
         self._last_step = -1
@@ -65,6 +68,7 @@ class SampleEvaluation(pl.Callback):
     # ----- hooks -------------------------------------------------------------------------------
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.sampler = self._evaluation_sampler(pl_module.diffusion) if self.make_sampler else pl_module.sampler
+        log.info("Evaluation sampler: %s, %d network calls per sample", self.sampler.describe(), self.sampler.nfe)
         if self.metrics is not None:  # on the device: Inception reference statistics are heavy
             self.metrics.prepare_on_ranks(trainer.datamodule, pl_module.device, trainer.is_global_zero,
                                           trainer.strategy.barrier)
@@ -88,6 +92,8 @@ class SampleEvaluation(pl.Callback):
             return
         if self._last_step != trainer.global_step:
             self.evaluate(trainer, pl_module, f"step_{trainer.global_step:07d}")
+        if self.check_against_chain:
+            self.compare_with_chain(trainer, pl_module)
         if trainer.is_global_zero and self._last_grid is not None:
             final = self.out_dir / "final.png"
             shutil.copyfile(self._last_grid, final)
@@ -124,6 +130,28 @@ class SampleEvaluation(pl.Callback):
                 how += f", one row per class, guidance w={self.guidance_scale:g}"
             self._write_figures(trainer, name, samples.images, samples.chain, how)
         self._last_step = trainer.global_step
+        return results
+
+    def compare_with_chain(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, float]:
+        """The FID of the same request drawn by the run's own sampler (its full chain), logged beside the fast
+        evaluator's last figure: val/<metric>_chain and val/<metric>_chain_nfe."""
+        chain = pl_module.sampler
+        if self.metrics is None or self.sampler is None or chain.describe() == self.sampler.describe():
+            return {}
+        request = SampleRequest(n=self.fid_samples, batch_size=self.batch_size, seed=self.seed,
+                                **self._conditioning(pl_module))
+        drawn = pl_module.pipeline().draw(request, trainer.global_rank, trainer.world_size,
+                                          trainer.datamodule.to_eval, self.metrics)
+        if drawn.aborted:
+            return {}
+        name = self.metrics.fid_name
+        value = self.metrics.compute(drawn.n_total)[name]
+        results = {f"val/{name}_chain": value, f"val/{name}_chain_nfe": chain.nfe}
+        report(trainer, results)
+        fast = trainer.callback_metrics.get(f"val/{name}")
+        log.info("%s of the evaluation sampler %s (%d NFE): %s; of the run's sampler %s (%d NFE): %.4g",
+                 name, self.sampler.describe(), self.sampler.nfe, "n/a" if fast is None else f"{float(fast):.4g}",
+                 chain.describe(), chain.nfe, value)
         return results
 
     def _conditioning(self, pl_module: pl.LightningModule) -> dict[str, Any]:

@@ -66,7 +66,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     fabric = Fabric(accelerator=cfg.accelerator, devices=cfg.devices, precision=cfg.precision)
     fabric.launch()
     pipeline = SamplingPipeline.from_checkpoint(ckpt, fabric.device, use_ema=cfg.use_ema,
-                                                sampler=to_plain(cfg.get("sampler")) or None,
+                                                sampler=_sampler_config(cfg),
                                                 perf=to_plain(cfg.get("perf")) or None)
     datamodule = instantiate(data_cfg) if data_cfg is not None else None
     if datamodule is not None:
@@ -117,6 +117,13 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     if rank == 0:
         _write(cfg, out_dir, results, world)
     return results
+
+
+def _sampler_config(cfg: DictConfig) -> dict[str, Any] | None:
+    """The chosen conf/sampler option (None: the checkpoint's own); a default num_steps beyond a short schedule's
+    T runs T steps (said in the log)."""
+    sampler = to_plain(cfg.get("sampler"))
+    return {**sampler, "cap_at_num_timesteps": True} if sampler else None
 
 
 def _sync(device: torch.device) -> None:
