@@ -123,10 +123,11 @@ def plot(dirs: list[Path], out: Path) -> None:
     (out / "table.md").write_text("\n".join(lines) + "\n")
     fig, axes = plt.subplots(1, len(names), figsize=(7 * len(names), 5), squeeze=False)
     for ax, key in zip(axes[0], names):
-        for fam in sorted({r["family"] for r in rows} - {"ancestral (1000 steps)"}):
+        families = sorted({r["family"] for r in rows} - {"ancestral (1000 steps)"})
+        for i, fam in enumerate(families):
             pts = sorted((r["nfe"], r[key]) for r in rows if r["family"] == fam and r["nfe"] <= 100)
             if pts:
-                ax.plot(*zip(*pts), marker="o", label=fam)
+                ax.plot(*zip(*pts), marker="os^Dv"[i % 5], color=plt.cm.tab20(i % 20), label=fam)
         ax.axhline(ref[key], color="k", ls="--", label=f"ancestral, 1000 NFE ({ref[key]:.2f})")
         ax.set(xlabel="network evaluations per sample (NFE)", ylabel=key, yscale="log", title=f"{key} vs NFE")
         ax.legend(fontsize=7)

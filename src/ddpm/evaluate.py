@@ -44,7 +44,7 @@ def _inputs(cfg: DictConfig) -> tuple[Path, Any]:
 
     check_config(cfg, {k: v for k, v in EVAL_RULES.items() if k != "bpd_images" or "bpd" in cfg.metrics})
     ckpt = Path(cfg.ckpt_path)
-    read_checkpoint(ckpt)  # one line for anything that is not a checkpoint of ours
+    read_checkpoint(ckpt, to_plain(cfg.get("scheduler")) or None)  # one line for anything that is no checkpoint
     unknown = set(cfg.metrics) - {"fid", "bpd"}
     if unknown:
         raise ConfigError(f"unknown metrics {sorted(unknown)}; choose from [fid, bpd]")
@@ -67,7 +67,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     fabric.launch()
     pipeline = SamplingPipeline.from_checkpoint(ckpt, fabric.device, use_ema=cfg.use_ema,
                                                 sampler=_sampler_config(cfg),
-                                                perf=to_plain(cfg.get("perf")) or None)
+                                                perf=to_plain(cfg.get("perf")) or None,
+                                                scheduler=to_plain(cfg.get("scheduler")) or None)
     datamodule = instantiate(data_cfg) if data_cfg is not None else None
     if datamodule is not None:
         datamodule.check()
@@ -99,7 +100,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     seconds = time.perf_counter() - start
     np.savez(out_dir / f"samples_rank{rank}.npz", samples.images.permute(0, 2, 3, 1).numpy())
 
-    step = int(read_checkpoint(ckpt)["global_step"])
+    step = int(read_checkpoint(ckpt, to_plain(cfg.get("scheduler")) or None)["global_step"])
     results: dict[str, Any] = {"ckpt_path": str(ckpt.resolve()), "global_step": step, "use_ema": bool(cfg.use_ema),
                                "seed": int(cfg.seed), "n_samples": samples.n_total, "sampler": sampler.describe(),
                                "nfe": sampler.nfe, "clip_denoised": getattr(sampler, "clip_denoised", None),

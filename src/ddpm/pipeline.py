@@ -117,17 +117,19 @@ class SamplingPipeline:
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str | torch.device = "cpu", use_ema: bool = True,
-                        sampler: dict[str, Any] | None = None, perf: dict[str, Any] | None = None) -> SamplingPipeline:
+                        sampler: dict[str, Any] | None = None, perf: dict[str, Any] | None = None,
+                        scheduler: dict[str, Any] | None = None) -> SamplingPipeline:
         """The checkpoint's EMA network (use_ema=False: the trained one) on `device`, its diffusion and sampler
         (`sampler`: another sampler config, its diffusion filled in) and its execution plan (`perf`: another).
-        Every checkpoint this framework wrote loads, old ones through `compat.upgrade_hparams`."""
+        Every checkpoint this framework wrote loads, old ones through `compat.upgrade_hparams`; so does a diffusers
+        DDPM folder or hf:<id> (`checkpoint.read_checkpoint`; scheduler: the schedule of a bare UNet folder)."""
         from hydra.utils import instantiate
 
         from .checkpoint import read_checkpoint
         from .compat import upgrade_hparams
         from .perf import resolve_plan
 
-        ckpt = read_checkpoint(path)
+        ckpt = read_checkpoint(path, scheduler)
         hp = upgrade_hparams(dict(ckpt["hyper_parameters"]))
         diffusion, net, _ = build_network(hp["model"], hp["scheduler"], hp["image_shape"], hp["variance_type"],
                                           hp["prediction"])

@@ -20,6 +20,37 @@ from .config import ConfigError, to_plain
 log = logging.getLogger(__name__)
 
 
+def init_source(cfg: DictConfig) -> dict[str, Any] | None:
+    """`init_from` (a .ckpt of ours, a diffusers DDPM folder or hf:<id>): its network config replaces `model` (the
+    weights define the network), checked against the data; None without init_from."""
+    from omegaconf import open_dict
+
+    from .compat import upgrade_hparams
+
+    if not cfg.get("init_from"):
+        return None
+    if cfg.get("ckpt_path"):
+        raise ConfigError("init_from (new run from weights, fresh optimizer) and ckpt_path (resume a run) exclude "
+                          "each other: give one")
+    source = read_checkpoint(cfg.init_from)
+    model = dict(upgrade_hparams(source["hyper_parameters"])["model"])
+    if (model["image_size"], model["in_channels"]) != (cfg.data.image_size, cfg.data.channels):
+        raise ConfigError(f"init_from {cfg.init_from}: its network takes {model['in_channels']}x{model['image_size']}"
+                          f"x{model['image_size']} images, data gives {cfg.data.channels}x{cfg.data.image_size}x"
+                          f"{cfg.data.image_size}: choose matching data (data.image_size, data.channels)")
+    with open_dict(cfg):
+        cfg.model = model
+    log.info("init_from %s: network %s from its config (model= is ignored)", cfg.init_from, model["_target_"])
+    return source
+
+
+def load_init_weights(module, source: dict[str, Any]) -> None:
+    """The source's trained and EMA weights into a fresh module (the optimizer starts anew)."""
+    state = source["state_dict"]
+    for prefix, net in (("net.", module.net), ("ema.module.", module.ema.module)):
+        net.load_state_dict({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)})
+
+
 def build_module(cfg: DictConfig):
     """The DiffusionModule from the config's plain parts; invalid model/schedule values become ConfigError."""
     from hydra.errors import InstantiationException
@@ -144,6 +175,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     check_config(cfg, TRAIN_RULES)
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
+    source = init_source(cfg)  # before config.yaml: it records the network actually trained
     OmegaConf.save(cfg, output_dir / "config.yaml", resolve=True)
     if cfg.get("seed") is not None:
         pl.seed_everything(cfg.seed, workers=True)
@@ -153,6 +185,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     assign_gpu(cfg, sweep)
     datamodule = instantiate(cfg.data)
     module = build_module(cfg)
+    if source is not None:
+        load_init_weights(module, source)
     datamodule.check()
     check_labels(module.num_classes, datamodule)
     ckpt_path = resolve_ckpt_path(cfg, module)

@@ -80,12 +80,19 @@ class AttentionBlock(nn.Module):
 
 
 class Downsample(nn.Module):
-    def __init__(self, ch: int) -> None:
+    """Stride-2 3x3 convolution. padding 1: one zero row/column on every side (this framework's networks);
+    padding 0: TensorFlow's "SAME" for stride 2, none before and one after (the DDPM paper's own network and
+    diffusers' DDPM checkpoints, downsample_padding=0)."""
+
+    def __init__(self, ch: int, padding: int = 1) -> None:
         super().__init__()
-        self.conv = nn.Conv2d(ch, ch, 3, stride=2, padding=1)
+        if padding not in (0, 1):
+            raise ValueError(f"model.downsample_padding must be 0 (TF SAME) or 1, got {padding}")
+        self.pad = padding == 0
+        self.conv = nn.Conv2d(ch, ch, 3, stride=2, padding=padding)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.conv(x)
+        return self.conv(F.pad(x, (0, 1, 0, 1)) if self.pad else x)
 
 
 class Upsample(nn.Module):
@@ -154,6 +161,7 @@ class UNet(nn.Module):
         num_groups: int = 32,
         norm_eps: float = 1e-6,
         num_classes: int | None = None,
+        downsample_padding: int = 1,
     ) -> None:
         super().__init__()
         if num_classes is not None and (isinstance(num_classes, bool) or int(num_classes) < 1):
@@ -184,7 +192,7 @@ class UNet(nn.Module):
                     self.down[-1].append(attn(ch))
                 skip_channels.append(ch)
             if level != len(channel_mult) - 1:
-                self.down.append(nn.ModuleList([Downsample(ch)]))
+                self.down.append(nn.ModuleList([Downsample(ch, downsample_padding)]))
                 skip_channels.append(ch)
 
         self.mid = nn.ModuleList([block(ch, ch), attn(ch), block(ch, ch)])

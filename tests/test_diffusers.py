@@ -1,0 +1,212 @@
+"""diffusers interop: UNet2DModel <-> our U-Net, DDPMScheduler <-> our schedule, export.py and import (folders).
+
+Parity is checked against diffusers itself (a test dependency): randomly initialised UNet2DModels in the layouts of
+google/ddpm-cifar10-32 and the 256x256 DDPM checkpoints (smaller widths, the same structure), and the samples of
+diffusers' own schedulers on an exported folder.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from ddpm.checkpoint import read_checkpoint
+from ddpm.config import ConfigError
+from ddpm.diffusers_io import state_dict_from_diffusers, state_dict_to_diffusers, unet_config_from_diffusers
+from ddpm.pipeline import SamplingPipeline
+from ddpm.samplers import AncestralSampler, DDIMSampler
+from ddpm.unet import UNet
+from tests.conftest import compose
+
+diffusers = pytest.importorskip("diffusers")
+
+DDPM = dict(flip_sin_to_cos=False, freq_shift=1, attention_head_dim=None, norm_num_groups=32, norm_eps=1e-6,
+            downsample_padding=0, in_channels=3, out_channels=3, layers_per_block=2)
+LAYOUTS = {  # google/ddpm-cifar10-32 and ddpm-{celebahq,church,bedroom}-256, at 1/4 width and 64 px for the latter
+    "cifar10-32": dict(sample_size=32, block_out_channels=(32, 64, 64, 64),
+                       down_block_types=("DownBlock2D", "AttnDownBlock2D", "DownBlock2D", "DownBlock2D"),
+                       up_block_types=("UpBlock2D", "UpBlock2D", "AttnUpBlock2D", "UpBlock2D"), dropout=0.1),
+    "256": dict(sample_size=64, block_out_channels=(32, 32, 64, 64, 128, 128),
+                down_block_types=("DownBlock2D",) * 4 + ("AttnDownBlock2D", "DownBlock2D"),
+                up_block_types=("UpBlock2D", "AttnUpBlock2D") + ("UpBlock2D",) * 4),
+}
+
+
+LAYOUTS["cifar10-32, 8 heads"] = {**LAYOUTS["cifar10-32"], "attention_head_dim": 8}
+
+
+def _theirs(layout: str):
+    torch.manual_seed(0)
+    net = diffusers.UNet2DModel(**{**DDPM, **LAYOUTS[layout]}).eval()
+    with torch.no_grad():
+        for p in net.parameters():  # diffusers zero-inits nothing, but make every weight matter
+            p.normal_(0, 0.05)
+    return net
+
+
+@pytest.mark.parametrize("layout", sorted(LAYOUTS))
+def test_unet2dmodel_converts_to_the_same_function_and_back_bit_for_bit(layout):
+    theirs = _theirs(layout)
+    cfg = unet_config_from_diffusers(dict(theirs.config), layout)
+    ours = UNet(**{k: v for k, v in cfg.items() if k != "_target_"}).eval()
+    ours.load_state_dict(state_dict_from_diffusers(theirs.state_dict(), cfg), strict=True)
+    assert sum(p.numel() for p in ours.parameters()) == sum(p.numel() for p in theirs.parameters())
+    x = torch.randn(2, 3, cfg["image_size"], cfg["image_size"], generator=torch.Generator().manual_seed(1))
+    t = torch.tensor([0, 999])
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x, t), theirs(x, t).sample, rtol=1e-5, atol=1e-6)
+    back = state_dict_to_diffusers(ours.state_dict(), cfg)
+    assert back.keys() == theirs.state_dict().keys()
+    assert all(torch.equal(back[k], v) for k, v in theirs.state_dict().items())
+
+
+def test_the_full_cifar10_configuration_has_the_papers_parameter_count():
+    cfg = unet_config_from_diffusers({**DDPM, **LAYOUTS["cifar10-32"], "block_out_channels": (128, 256, 256, 256)},
+                                     "cifar10")
+    assert sum(p.numel() for p in UNet(**{k: v for k, v in cfg.items() if k != "_target_"}).parameters()) == 35_746_307
+
+
+@pytest.mark.parametrize("field, value", [("flip_sin_to_cos", True), ("freq_shift", 0),
+                                          ("down_block_types", ["CrossAttnDownBlock2D"] * 4),
+                                          ("attention_head_dim", 3), ("resnet_time_scale_shift", "scale_shift")])
+def test_a_unet_that_cannot_be_mapped_is_refused_naming_the_field(tmp_path, field, value):
+    folder = _pipeline_folder(tmp_path)
+    config = json.loads((folder / "unet" / "config.json").read_text())
+    (folder / "unet" / "config.json").write_text(json.dumps({**config, field: value}))
+    with pytest.raises(ConfigError, match=field):
+        read_checkpoint(folder)
+
+
+@pytest.mark.parametrize("field, value", [("prediction_type", "flow"), ("variance_type", "learned"),
+                                          ("thresholding", True), ("beta_schedule", "sigmoid")])
+def test_a_scheduler_that_cannot_be_mapped_is_refused_naming_the_field(tmp_path, field, value):
+    folder = _pipeline_folder(tmp_path)
+    path = folder / "scheduler" / "scheduler_config.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), field: value}))
+    with pytest.raises(ConfigError, match=field):
+        read_checkpoint(folder)
+
+
+def test_a_folder_without_weights_or_schedule_is_one_line(tmp_path):
+    folder = _pipeline_folder(tmp_path)
+    shutil.rmtree(folder / "scheduler")
+    with pytest.raises(ConfigError, match="scheduler=linear"):
+        read_checkpoint(folder)
+    linear = {"_target_": "ddpm.schedules.linear_betas", "num_timesteps": 20}
+    assert read_checkpoint(folder, linear)["hyper_parameters"]["scheduler"] == linear  # a bare UNet folder
+    (folder / "unet" / "diffusion_pytorch_model.safetensors").unlink()
+    with pytest.raises(ConfigError, match="no readable weights"):
+        read_checkpoint(folder, linear)
+
+
+# ----- export, then diffusers' own pipeline ------------------------------------------------------
+def _checkpoint(tmp_path, *overrides: str):
+    from ddpm.train import build_module
+
+    module = build_module(compose(["model=unet_tiny", "data=synthetic", "data.image_size=8", "data.channels=1",
+                                   "scheduler.num_timesteps=20", "perf=cpu", *overrides]))
+    torch.manual_seed(3)
+    with torch.no_grad():
+        for p in module.ema.module.parameters():
+            p.normal_(0, 0.05)
+    path = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    path.parent.mkdir(parents=True)
+    torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams), "global_step": 7}, path)
+    return path
+
+
+def _export(ckpt, out, **extra):
+    from ddpm.export import export
+
+    return export(OmegaConf.create({"ckpt_path": str(ckpt), "format": "diffusers", "out": str(out), "use_ema": True,
+                                    "overwrite": False, **extra}))
+
+
+def _pipeline_folder(tmp_path):
+    return _export(_checkpoint(tmp_path), tmp_path / "exported")
+
+
+@pytest.mark.parametrize("variance", ["fixedlarge", "fixedsmall", "learned_range"])
+def test_exported_folder_samples_in_diffusers_what_our_sampler_samples(tmp_path, variance):
+    """DDPMPipeline.from_pretrained(DIR): its scheduler's ancestral steps and ours, from the same noise (float64),
+    agree to float32 rounding of the betas (diffusers keeps them in float32)."""
+    extra = ["module.vlb_weight=0.001"] if variance == "learned_range" else []
+    out = _export(_checkpoint(tmp_path, f"module.variance_type={variance}", *extra), tmp_path / "exported")
+    pipe = diffusers.DDPMPipeline.from_pretrained(out)
+    ours = SamplingPipeline.from_checkpoint(out)
+    assert "last.ckpt" not in str(out) and (out / "README.md").read_text().count("step 7") == 1
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        unet, net = pipe.unet.double(), ours.net.double()
+        scheduler = pipe.scheduler
+        scheduler.set_timesteps(scheduler.config.num_train_timesteps)
+        g = torch.Generator().manual_seed(0)
+        image = torch.randn(4, 1, 8, 8, generator=g)
+        with torch.no_grad():
+            for t in scheduler.timesteps:
+                image = scheduler.step(unet(image, t).sample, t, image, generator=g).prev_sample
+            mine = AncestralSampler(ours.diffusion, progress=False).sample(
+                net, (4, 1, 8, 8), generator=torch.Generator().manual_seed(0)).images
+    finally:
+        torch.set_default_dtype(default)
+    torch.testing.assert_close(mine, image, rtol=1e-5, atol=1e-5)
+
+
+def test_ddim_through_diffusers_on_the_exported_folder_matches_ours_on_the_same_timesteps(tmp_path):
+    out = _pipeline_folder(tmp_path)
+    scheduler = diffusers.DDIMScheduler.from_pretrained(out, subfolder="scheduler")
+    scheduler.set_timesteps(5)
+    ours = SamplingPipeline.from_checkpoint(out)
+    unet = diffusers.UNet2DModel.from_pretrained(out, subfolder="unet").double()
+    net = ours.net.double()
+    sampler = DDIMSampler(ours.diffusion, num_steps=5, eta=0.0, progress=False)
+    sampler.timesteps = scheduler.timesteps.tolist()
+    x_T = torch.randn(3, 1, 8, 8, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    image = x_T.clone()
+    with torch.no_grad():
+        for t in scheduler.timesteps:
+            image = scheduler.step(unet(image, t).sample, t, image, eta=0.0, use_clipped_model_output=True).prev_sample
+        mine = sampler.sample(net, x_T.shape, noise=x_T.clone()).images
+    torch.testing.assert_close(mine, image, rtol=1e-5, atol=1e-5)
+
+
+def test_export_then_import_gives_back_the_same_network_and_schedule(tmp_path):
+    ckpt = _checkpoint(tmp_path)
+    out = _export(ckpt, tmp_path / "exported")
+    before, after = SamplingPipeline.from_checkpoint(ckpt), SamplingPipeline.from_checkpoint(out)
+    assert all(torch.equal(a, b) for a, b in zip(before.net.state_dict().values(), after.net.state_dict().values()))
+    torch.testing.assert_close(after.diffusion.betas, before.diffusion.betas, rtol=0, atol=0)
+    before.sampler.progress = after.sampler.progress = False
+    assert torch.equal(before.sample(2, seed=1).images, after.sample(2, seed=1).images)
+    with pytest.raises(ConfigError, match="not empty"):
+        _export(ckpt, out)
+
+
+def test_export_refuses_what_diffusers_cannot_represent_and_writes_nothing(tmp_path):
+    ckpt = _checkpoint(tmp_path, "model.num_classes=3")
+    with pytest.raises(ConfigError, match="class-conditional"):
+        _export(ckpt, tmp_path / "exported")
+    assert not (tmp_path / "exported").exists()
+
+
+def test_init_from_a_diffusers_folder_trains_from_its_weights(tmp_path):
+    from ddpm.train import init_source, load_init_weights
+
+    out = _pipeline_folder(tmp_path)
+    cfg = compose(["data=synthetic", "data.image_size=8", "data.channels=1", f"init_from={out}",
+                   "scheduler.num_timesteps=20"])
+    source = init_source(cfg)
+    assert cfg.model.downsample_padding == 1 and cfg.model.base_channels == 16  # the source's network
+    from ddpm.train import build_module
+
+    module = build_module(cfg)
+    load_init_weights(module, source)
+    want = SamplingPipeline.from_checkpoint(out).net.state_dict()
+    assert all(torch.equal(module.net.state_dict()[k], v) for k, v in want.items())
+    with pytest.raises(ConfigError, match="data gives"):
+        init_source(compose(["data=synthetic", "data.image_size=16", "data.channels=1", f"init_from={out}"]))
