@@ -15,6 +15,7 @@ cannot pass a label).
 
 from __future__ import annotations
 
+import inspect
 import json
 from pathlib import Path
 from typing import Any
@@ -259,7 +260,10 @@ def read_diffusers_folder(path: Path, scheduler: dict[str, Any] | None = None) -
     config = json.loads((unet_dir / "config.json").read_text())
     if config.get("_class_name", "UNet2DModel") != "UNet2DModel":
         raise ConfigError(f"{unet_dir}: a {config['_class_name']} folder; expected a UNet2DModel (a DDPM)")
-    model = unet_config_from_diffusers(config, str(unet_dir))
+    # keys an older config leaves out take diffusers' defaults (flip_sin_to_cos=True: not DDPM's), as loading would
+    defaults = {k: p.default for k, p in inspect.signature(diffusers.UNet2DModel.__init__).parameters.items()
+                if p.default is not inspect.Parameter.empty}
+    model = unet_config_from_diffusers({**defaults, **config}, str(unet_dir))
     try:
         unet = diffusers.UNet2DModel.from_pretrained(unet_dir)
     except (OSError, ValueError, EnvironmentError) as err:
