@@ -24,13 +24,15 @@ import torch
 from torch import Tensor
 
 from .config import ConfigError
+from .parametrization import EpsPrediction, FixedLarge, FixedSmall, LearnedRange, VPrediction, X0Prediction
 
 SCHEDULES = {  # diffusers beta_schedule -> our scheduler config (their linspace is float32, ours float64)
     "linear": "ddpm.schedules.linear_betas", "scaled_linear": "ddpm.schedules.quadratic_betas",
     "squaredcos_cap_v2": "ddpm.schedules.cosine_betas",
 }
-VARIANCES = {"fixed_large": "fixedlarge", "fixed_small": "fixedsmall", "learned_range": "learned_range"}
-PREDICTIONS = {"epsilon": "eps", "sample": "x0", "v_prediction": "v"}
+# diffusers' names (theirs, spelled as diffusers spells them) -> ours (the parametrization's own names)
+VARIANCES = {"fixed_large": FixedLarge.name, "fixed_small": FixedSmall.name, "learned_range": LearnedRange.name}
+PREDICTIONS = {"epsilon": EpsPrediction.name, "sample": X0Prediction.name, "v_prediction": VPrediction.name}
 SAMPLER = {"_target_": "ddpm.samplers.AncestralSampler", "num_steps": None, "spacing": "trailing", "progress": True}
 
 
@@ -150,7 +152,7 @@ def scheduler_to_diffusers(hp: dict[str, Any]) -> dict[str, Any]:
     scheduler, target = dict(hp["scheduler"]), hp["scheduler"]["_target_"]
     names = {v: k for k, v in SCHEDULES.items()}
     out: dict[str, Any] = {"variance_type": {v: k for k, v in VARIANCES.items()}[hp["variance_type"]],
-                           "prediction_type": {v: k for k, v in PREDICTIONS.items()}[hp.get("prediction", "eps")],
+                           "prediction_type": {v: k for k, v in PREDICTIONS.items()}[hp["prediction"]],
                            "clip_sample": bool(hp["sampler"].get("clip_denoised", True)),
                            "timestep_spacing": "trailing"}
     exact = (target in names and not scheduler.get("scale_to_num_timesteps")
@@ -273,7 +275,7 @@ def read_diffusers_folder(path: Path, scheduler: dict[str, Any] | None = None) -
     if sched_file.is_file():
         hp = scheduler_from_diffusers(json.loads(sched_file.read_text()), str(sched_file))
     elif scheduler is not None:
-        hp = {"scheduler": scheduler, "variance_type": "fixedlarge", "prediction": "eps",
+        hp = {"scheduler": scheduler, "variance_type": FixedLarge.name, "prediction": EpsPrediction.name,
               "sampler": {**SAMPLER, "clip_denoised": True}}
     else:
         raise ConfigError(f"{path} has no scheduler/scheduler_config.json: give the schedule it was trained with, "
