@@ -103,8 +103,8 @@ class DiffusionModule(pl.LightningModule):
         return self._plan
 
     def configure_model(self) -> None:
-        """channels_last: NHWC parameters (no transposes eager, no NHWC-to-NCHW .grad copies compiled: 3-4 ms of
-        host time per step on an H100), set before DDP wraps the network and the optimizer is built."""
+        """channels_last: NHWC parameters (no transposes eager, no NHWC-to-NCHW .grad copies compiled; the host
+        time this saves: benchmarks/RESULTS.md), set before DDP wraps the network and the optimizer is built."""
         if self.plan.channels_last:
             self.net.to(memory_format=torch.channels_last)
             self.ema.module.to(memory_format=torch.channels_last)
