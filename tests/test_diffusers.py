@@ -212,3 +212,7 @@ def test_init_from_a_diffusers_folder_trains_from_its_weights(tmp_path):
     assert all(torch.equal(module.net.state_dict()[k], v) for k, v in want.items())
     with pytest.raises(ConfigError, match="data gives"):
         init_source(compose(["data=synthetic", "data.image_size=16", "data.channels=1", f"init_from={out}"]))
+    from ddpm.train import check_checkpoint
+
+    with pytest.raises(ConfigError, match="init_from="):
+        check_checkpoint(str(out), module)

@@ -115,7 +115,13 @@ def resolve_ckpt_path(cfg: DictConfig, module) -> str | None:
 
 def check_checkpoint(path: str, module) -> dict[str, Any]:
     """Refuse to resume from a checkpoint trained with another network or image shape; return what
-    resuming needs besides the state Lightning restores (the W&B run id)."""
+    resuming needs besides the state Lightning restores (the W&B run id). A diffusers folder or hf:<id> holds no
+    optimizer or step to resume: it starts a run (init_from)."""
+    from .diffusers_io import is_diffusers_folder
+
+    if str(path).startswith("hf:") or is_diffusers_folder(Path(path)):
+        raise ConfigError(f"ckpt_path={path} is a diffusers model, which has no training state to resume: start a "
+                          f"run from its weights with init_from={path}")
     ckpt = read_checkpoint(path)
     diffs = _model_diffs(ckpt, module)
     if diffs:
