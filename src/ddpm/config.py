@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
@@ -40,3 +40,19 @@ def to_plain(cfg: Any) -> Any:
     if isinstance(cfg, (DictConfig, ListConfig)):
         return OmegaConf.to_container(cfg, resolve=True)
     return cfg
+
+
+def run_or_explain(task: str, fn: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
+    """An entry point's body (eval.py, export.py): bad input (UserError, a config error) ends the process with one
+    line on stderr and exit code 2, never a traceback."""
+    import logging
+    import sys
+
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        return fn(cfg)
+    except (UserError, OmegaConfBaseException) as err:
+        logging.getLogger(task).error("%s", err)
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
