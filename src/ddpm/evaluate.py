@@ -38,13 +38,13 @@ def run_config(ckpt_path: Path) -> DictConfig | None:
     return cfg
 
 
-def _inputs(cfg: DictConfig) -> tuple[Path, Any]:
+def _inputs(cfg: DictConfig) -> tuple[Path, dict[str, Any], Any]:
     """The checkpoint and the data config (from the run's config.yaml unless given), checked."""
     from .checks import EVAL_RULES, check_config
 
     check_config(cfg, {k: v for k, v in EVAL_RULES.items() if k != "bpd_images" or "bpd" in cfg.metrics})
     ckpt = Path(cfg.ckpt_path)
-    read_checkpoint(ckpt, to_plain(cfg.get("scheduler")) or None)  # one line for anything that is no checkpoint
+    contents = read_checkpoint(ckpt, to_plain(cfg.get("scheduler")) or None)  # one line for anything else
     unknown = set(cfg.metrics) - {"fid", "bpd"}
     if unknown:
         raise ConfigError(f"unknown metrics {sorted(unknown)}; choose from [fid, bpd]")
@@ -52,7 +52,7 @@ def _inputs(cfg: DictConfig) -> tuple[Path, Any]:
     if data_cfg is None and ("fid" in cfg.metrics or "bpd" in cfg.metrics):
         raise ConfigError(f"no data config: {ckpt.parent.parent}/config.yaml is missing; pass data=<name> "
                           "(e.g. data=digits)")
-    return ckpt, data_cfg
+    return ckpt, contents, data_cfg
 
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
@@ -62,13 +62,13 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     from .metrics import SampleMetrics
     from .pipeline import SampleRequest, SamplingPipeline
 
-    ckpt, data_cfg = _inputs(cfg)
+    ckpt, contents, data_cfg = _inputs(cfg)
     fabric = Fabric(accelerator=cfg.accelerator, devices=cfg.devices, precision=cfg.precision)
     fabric.launch()
     pipeline = SamplingPipeline.from_checkpoint(ckpt, fabric.device, use_ema=cfg.use_ema,
                                                 sampler=_sampler_config(cfg),
                                                 perf=to_plain(cfg.get("perf")) or None,
-                                                scheduler=to_plain(cfg.get("scheduler")) or None)
+                                                contents=contents)
     datamodule = instantiate(data_cfg) if data_cfg is not None else None
     if datamodule is not None:
         datamodule.check()
@@ -100,7 +100,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     seconds = time.perf_counter() - start
     np.savez(out_dir / f"samples_rank{rank}.npz", samples.images.permute(0, 2, 3, 1).numpy())
 
-    step = int(read_checkpoint(ckpt, to_plain(cfg.get("scheduler")) or None)["global_step"])
+    step = int(contents["global_step"])
     results: dict[str, Any] = {"ckpt_path": str(ckpt.resolve()), "global_step": step, "use_ema": bool(cfg.use_ema),
                                "seed": int(cfg.seed), "n_samples": samples.n_total, "sampler": sampler.describe(),
                                "nfe": sampler.nfe, "clip_denoised": getattr(sampler, "clip_denoised", None),

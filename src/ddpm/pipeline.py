@@ -118,18 +118,21 @@ class SamplingPipeline:
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str | torch.device = "cpu", use_ema: bool = True,
                         sampler: dict[str, Any] | None = None, perf: dict[str, Any] | None = None,
-                        scheduler: dict[str, Any] | None = None) -> SamplingPipeline:
+                        scheduler: dict[str, Any] | None = None,
+                        contents: dict[str, Any] | None = None) -> SamplingPipeline:
         """The checkpoint's EMA network (use_ema=False: the trained one) on `device`, its diffusion and sampler
         (`sampler`: another sampler config, its diffusion filled in) and its execution plan (`perf`: another).
         Every checkpoint this framework wrote loads, old ones through `compat.upgrade_hparams`; so does a diffusers
-        DDPM folder or hf:<id> (`checkpoint.read_checkpoint`; scheduler: the schedule of a bare UNet folder)."""
+        DDPM folder or hf:<id> (`checkpoint.read_checkpoint`; scheduler: the schedule of a bare UNet folder).
+        contents: the checkpoint as already read (a caller that read it to check it need not read or convert it
+        again)."""
         from hydra.utils import instantiate
 
         from .checkpoint import read_checkpoint
         from .compat import upgrade_hparams
         from .perf import resolve_plan
 
-        ckpt = read_checkpoint(path, scheduler)
+        ckpt = contents if contents is not None else read_checkpoint(path, scheduler)
         hp = upgrade_hparams(dict(ckpt["hyper_parameters"]))
         diffusion, net, _ = build_network(hp["model"], hp["scheduler"], hp["image_shape"], hp["variance_type"],
                                           hp["prediction"])
