@@ -3,15 +3,15 @@
 import hydra
 from omegaconf import DictConfig
 
-import ddpm  # noqa: F401  (registers the config resolvers)
-from ddpm.config import run_or_explain
+import ddpm.tasks  # noqa: F401  (registers the config resolvers)
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="export")
 def main(cfg: DictConfig) -> None:
-    from ddpm.export import export
+    from ddpm.tasks.export import export
+    from ddpm.tasks.wrapper import run_task
 
-    run_or_explain("export", export, cfg)
+    run_task("export", export, cfg)
 
 
 if __name__ == "__main__":

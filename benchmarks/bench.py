@@ -73,7 +73,7 @@ def build_ours(mode: str, model: str = "unet_base"):
     ma (max-autotune-no-cudagraphs), cl (channels_last: NHWC activations)."""
     from hydra import compose, initialize_config_dir
 
-    from ddpm.train import build_module
+    from ddpm.tasks.train import build_module
 
     tokens = mode.split("+")
     compile_mode = ("reduce-overhead" if "cg" in tokens else
@@ -124,7 +124,7 @@ def build_ours(mode: str, model: str = "unet_base"):
 
 
 def ours(mode: str, batch: int):
-    from ddpm.samplers import AncestralSampler
+    from ddpm.core.samplers import AncestralSampler
 
     module, train_step = build_ours(mode)
     x = torch.rand(batch, 3, 32, 32, device="cuda") * 2 - 1

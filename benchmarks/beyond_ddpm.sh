@@ -48,7 +48,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
-from ddpm.config import to_plain
+from ddpm.tasks.config import to_plain
 from ddpm.metrics import SampleMetrics
 
 with initialize_config_dir(config_dir=str(Path("conf").resolve()), version_base="1.3"):

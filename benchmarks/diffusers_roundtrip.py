@@ -24,9 +24,9 @@ def main() -> None:
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
-    from ddpm.evaluate import run_config
-    from ddpm.export import export
     from ddpm.pipeline import SampleRequest, SamplingPipeline
+    from ddpm.tasks.evaluate import run_config
+    from ddpm.tasks.export import export
 
     p = argparse.ArgumentParser()
     p.add_argument("ckpt", type=Path)
@@ -44,7 +44,8 @@ def main() -> None:
     dm = instantiate(run_config(args.ckpt).data)
     dm.check()
     metrics = prepare_metrics(args.ckpt, dm, device, args.fid)
-    chain = {"_target_": "ddpm.samplers.AncestralSampler", "num_steps": None, "clip_denoised": True, "progress": False}
+    chain = {"_target_": "ddpm.core.samplers.ancestral.AncestralSampler", "num_steps": None, "clip_denoised": True,
+             "progress": False}
     plan = OmegaConf.to_container(OmegaConf.load(ROOT / "conf" / "perf" / f"{args.perf}.yaml")) if args.perf else None
     ours = SamplingPipeline.from_checkpoint(args.ckpt, device, sampler=chain, perf=plan)
     for seed in (0, 1):

@@ -18,10 +18,10 @@ from hydra.utils import instantiate
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-import ddpm  # noqa: E402,F401
-from ddpm.config import to_plain  # noqa: E402
+import ddpm.tasks  # noqa: E402,F401  (registers the config resolvers)
 from ddpm.metrics import SampleMetrics  # noqa: E402
-from ddpm.train import build_module  # noqa: E402
+from ddpm.tasks.config import to_plain  # noqa: E402
+from ddpm.tasks.train import build_module  # noqa: E402
 
 
 def check(data: str, n_real: int = 1000, n_fake: int = 256) -> None:

@@ -23,7 +23,7 @@ from samplers import load, make_sampler, sync
 def main() -> None:
     from torchvision.utils import save_image
 
-    from ddpm.images import to_grid
+    from ddpm.core.images import to_grid
     from ddpm.pipeline import SampleRequest
 
     p = argparse.ArgumentParser()

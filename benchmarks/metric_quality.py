@@ -26,10 +26,10 @@ from hydra.utils import instantiate
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-import ddpm  # noqa: E402,F401
-from ddpm.config import to_plain  # noqa: E402
-from ddpm.degradations import SUITE  # noqa: E402
+import ddpm.tasks  # noqa: E402,F401  (registers the config resolvers)
 from ddpm.metrics import SampleMetrics  # noqa: E402
+from ddpm.metrics.degradations import SUITE  # noqa: E402
+from ddpm.tasks.config import to_plain  # noqa: E402
 
 
 def setup(data: str, fid: str, overrides: list[str], device: str) -> tuple[object, SampleMetrics]:

@@ -52,9 +52,9 @@ def load(ckpt: Path, perf: str | None = None, fid: str = "classifier", fid_overr
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
-    from ddpm.checkpoint import read_checkpoint
-    from ddpm.evaluate import run_config
+    from ddpm.io.checkpoint import read_checkpoint
     from ddpm.pipeline import SamplingPipeline
+    from ddpm.tasks.evaluate import run_config
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     plan = OmegaConf.to_container(OmegaConf.load(ROOT / "conf" / "perf" / f"{perf}.yaml")) if perf else None
@@ -71,8 +71,8 @@ def prepare_metrics(ckpt: Path, dm, device: torch.device, fid: str = "classifier
     """SampleMetrics of eval.py's config with fid=<fid>, its reference statistics ready."""
     from hydra import compose, initialize_config_dir
 
-    from ddpm.config import to_plain
     from ddpm.metrics import SampleMetrics
+    from ddpm.tasks.config import to_plain
 
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         cfg = compose(config_name="eval", overrides=[f"ckpt_path={ckpt}", "paths.output_dir=.", f"fid={fid}",

@@ -6,12 +6,9 @@ import os
 from pathlib import Path
 
 import pytest
-from hydra import compose as hydra_compose
-from hydra import initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig, open_dict
 
-import ddpm  # noqa: F401  (registers resolvers)
+from ddpm.tasks.config import compose as compose_config
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = str(ROOT / "conf")
@@ -19,9 +16,7 @@ CONF = str(ROOT / "conf")
 
 def compose(overrides: list[str], output_dir: str | Path | None = None) -> DictConfig:
     """conf/train.yaml composed as `python train.py` would, with paths.output_dir made concrete."""
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
-        cfg = hydra_compose(config_name="train", overrides=overrides)
+    cfg = compose_config("train", overrides, CONF)
     with open_dict(cfg):
         cfg.paths.output_dir = str(output_dir or ROOT / "logs" / "test")
     return cfg

@@ -37,8 +37,8 @@ def main() -> None:
     from hydra.utils import instantiate
     from lightning.fabric import Fabric
 
-    from ddpm.config import to_plain
     from ddpm.metrics import SampleMetrics
+    from ddpm.tasks.config import to_plain
 
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         cfg = compose(config_name="train", overrides=["data=digits", "fid=classifier", *args.overrides])

@@ -7,11 +7,12 @@ import math
 import pytest
 import torch
 
-from ddpm.diffusion import GaussianDiffusion
-from ddpm.guidance import drop_labels, guided
-from ddpm.likelihood import vlb_terms_bpd
-from ddpm.objective import training_terms
-from ddpm.schedules import linear_betas
+from ddpm.core.diffusion import GaussianDiffusion
+from ddpm.core.guidance import drop_labels, guided
+from ddpm.core.likelihood import vlb_terms_bpd
+from ddpm.core.objective import training_terms
+from ddpm.core.schedules import linear_betas
+from tests.helpers.gaussian import MU, S_DATA, gaussian_eps
 
 
 def _d(variance_type="learned_range", prediction="eps", T=50):
@@ -122,15 +123,7 @@ def test_guidance_formula_and_w0_is_the_conditional_model():
 
 
 # ----- exact predictors of Gaussian data through every sampler (see tests/test_samplers.py) -----------------
-T, MU, S_DATA, N = 1000, 0.3, 0.5, 40_000
-
-
-def gaussian_eps(abar_all: torch.Tensor, mu: float, s: float):
-    """eps*(x_t, t) of data N(mu, s^2): sqrt(1 - abar) (x_t - sqrt(abar) mu) / (abar s^2 + 1 - abar)."""
-    def eps(x, t):
-        abar = abar_all[t].reshape(-1, 1, 1, 1)
-        return (1 - abar).sqrt() * (x - abar.sqrt() * mu) / (abar * s**2 + 1 - abar)
-    return eps
+T, N = 1000, 40_000
 
 
 def exact_predictor(prediction: str, abar_all: torch.Tensor, channels: int = 1, var_v: float | None = None):
@@ -148,7 +141,7 @@ def exact_predictor(prediction: str, abar_all: torch.Tensor, channels: int = 1, 
 
 
 def _samplers(d):
-    from ddpm.samplers import AncestralSampler, DDIMSampler, DPMSolverSampler
+    from ddpm.core.samplers import AncestralSampler, DDIMSampler, DPMSolverSampler
     return {"ancestral-100": (AncestralSampler(d, clip_denoised=False, num_steps=100, progress=False), 0.015),
             "ddim-100": (DDIMSampler(d, num_steps=100, eta=0.0, clip_denoised=False, progress=False), 0.015),
             "dpm-solver++-20": (DPMSolverSampler(d, num_steps=20, spacing="logsnr", clip_denoised=False,
@@ -179,7 +172,7 @@ def test_x0_and_v_models_fed_the_exact_predictor_sample_the_data_distribution():
 def test_learned_range_at_frac_1_and_0_samples_as_fixedlarge_and_fixedsmall_also_respaced():
     """v = 1 (frac = 1) is sigma^2 = beta'_i, v = -1 is beta_tilde'_i of the respaced chain: draw for draw the
     fixed-variance samplers; DDIM ignores the variance channels."""
-    from ddpm.samplers import AncestralSampler, DDIMSampler
+    from ddpm.core.samplers import AncestralSampler, DDIMSampler
 
     betas = linear_betas(T).double()
     learned = GaussianDiffusion(betas, "learned_range")
@@ -203,7 +196,7 @@ def test_guided_gaussian_mixture_toy_samples_each_class_and_null_samples_the_mix
     class exactly (mean, std within 5 standard errors + discretisation); guided (w = 1, 3) samples land on their
     class's side with the mean near the class mean (guidance pushes them outwards by under 0.15: measured 0.06
     and 0.11 with this sampler); the null label samples the mixture (mean 0, std sqrt(1 + 0.3^2))."""
-    from ddpm.samplers import AncestralSampler
+    from ddpm.core.samplers import AncestralSampler
 
     means, s, n = (-1.0, 1.0), 0.3, 20_000
     d = GaussianDiffusion(linear_betas(T).double())
@@ -241,7 +234,7 @@ def test_guided_gaussian_mixture_toy_samples_each_class_and_null_samples_the_mix
 def test_var_frac_replaces_the_variance_head_by_the_constant():
     """sampler.var_frac=F (benchmarks/samplers.py --frac F): whatever the network's variance channels say (v = 0.3
     here), frac = 1 / 0 samples draw for draw as the fixedlarge / fixedsmall respaced chains."""
-    from ddpm.samplers import AncestralSampler
+    from ddpm.core.samplers import AncestralSampler
 
     betas = linear_betas(T).double()
     learned = GaussianDiffusion(betas, "learned_range")
@@ -258,8 +251,8 @@ def test_var_frac_replaces_the_variance_head_by_the_constant():
 
 
 def test_one_check_of_a_sampling_requests_conditioning():
-    from ddpm.config import ConfigError
-    from ddpm.guidance import check_conditioning
+    from ddpm.core.guidance import check_conditioning
+    from ddpm.errors import ConfigError
 
     assert check_conditioning(None) is None
     assert check_conditioning(3) == [0, 1, 2] and check_conditioning(3, classes=[2, 0]) == [2, 0]

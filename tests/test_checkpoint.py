@@ -8,8 +8,8 @@ import sys
 import pytest
 import torch
 
-from ddpm.checkpoint import read_checkpoint
-from ddpm.config import ConfigError
+from ddpm.errors import ConfigError
+from ddpm.io.checkpoint import read_checkpoint
 from tests.conftest import ROOT
 
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
-from ddpm.diffusion import GaussianDiffusion
+from ddpm.core.diffusion import GaussianDiffusion
 from tests.conftest import CONF, compose
 
 GROUPS = ["scheduler", "model", "data", "sampler", "trainer", "perf", "logger", "callbacks", "experiment"]
@@ -66,8 +66,8 @@ def test_every_schedule_builds_a_valid_diffusion(scheduler, T):
 @pytest.mark.parametrize("trainer", ["default", "cpu"])
 @pytest.mark.parametrize("logger", ["csv", "tensorboard", "none"])
 def test_trainer_and_logger_instantiate(tmp_path, trainer, logger):
-    from ddpm.config import to_plain
-    from ddpm.loggers import build_loggers
+    from ddpm.tasks.config import to_plain
+    from ddpm.training.loggers import build_loggers
 
     cfg = compose([f"trainer={trainer}", f"logger={logger}"], output_dir=tmp_path)
     loggers = build_loggers(to_plain(cfg.get("logger")), 0.1)

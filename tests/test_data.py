@@ -238,8 +238,8 @@ def test_fashion_mnist_from_debian_package(tmp_path):
 
 
 def _synthetic(on_device, random_flip=False, max_gib=2.0, num_workers=0, device="cpu"):
-    from ddpm.config import to_plain
-    from ddpm.perf import resolve_plan
+    from ddpm.runtime.perf import resolve_plan
+    from ddpm.tasks.config import to_plain
 
     cfg = compose(["data=synthetic", "data.num_images=1100", "data.batch_size=100", f"data.num_workers={num_workers}",
                    f"perf.data_on_device={on_device}", f"perf.data_on_device_max_gib={max_gib}",
@@ -299,8 +299,8 @@ def test_on_device_flips_are_seeded_by_epoch_and_survive_a_resume():
 
 
 def test_data_on_device_auto_holds_the_split_on_a_gpu_within_the_budget():
-    from ddpm.config import ConfigError
-    from ddpm.perf import resolve_plan
+    from ddpm.errors import ConfigError
+    from ddpm.runtime.perf import resolve_plan
 
     nbytes = 1045 * 3 * 32 * 32 * 4  # 1045 training images of 3x32x32 floats = 12 MiB
 
@@ -321,7 +321,7 @@ def test_trainer_fit_draws_on_device_batches_and_advances_their_epoch():
     import lightning.pytorch as pl
 
     from ddpm.data import DeviceLoader
-    from ddpm.train import build_module
+    from ddpm.tasks.train import build_module
 
     cfg = compose(["model=unet_tiny", "scheduler.num_timesteps=20", "data=synthetic", "data.num_images=300",
                    "data.image_size=8", "data.channels=1", "data.batch_size=100", "perf.data_on_device=true"])

@@ -14,12 +14,12 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from ddpm.checkpoint import read_checkpoint
-from ddpm.config import ConfigError
-from ddpm.diffusers_io import state_dict_from_diffusers, state_dict_to_diffusers, unet_config_from_diffusers
+from ddpm.core.samplers import AncestralSampler, DDIMSampler
+from ddpm.errors import ConfigError
+from ddpm.io.checkpoint import read_checkpoint
+from ddpm.io.diffusers_io import state_dict_from_diffusers, state_dict_to_diffusers, unet_config_from_diffusers
+from ddpm.nn.unet import UNet
 from ddpm.pipeline import SamplingPipeline
-from ddpm.samplers import AncestralSampler, DDIMSampler
-from ddpm.unet import UNet
 from tests.conftest import compose
 
 diffusers = pytest.importorskip("diffusers")
@@ -98,7 +98,7 @@ def test_a_folder_without_weights_or_schedule_is_one_line(tmp_path):
     shutil.rmtree(folder / "scheduler")
     with pytest.raises(ConfigError, match="scheduler=linear"):
         read_checkpoint(folder)
-    linear = {"_target_": "ddpm.schedules.linear_betas", "num_timesteps": 20}
+    linear = {"_target_": "ddpm.core.schedules.linear_betas", "num_timesteps": 20}
     assert read_checkpoint(folder, linear)["hyper_parameters"]["scheduler"] == linear  # a bare UNet folder
     (folder / "unet" / "diffusion_pytorch_model.safetensors").unlink()
     with pytest.raises(ConfigError, match="no readable weights"):
@@ -107,7 +107,7 @@ def test_a_folder_without_weights_or_schedule_is_one_line(tmp_path):
 
 # ----- export, then diffusers' own pipeline ------------------------------------------------------
 def _checkpoint(tmp_path, *overrides: str):
-    from ddpm.train import build_module
+    from ddpm.tasks.train import build_module
 
     module = build_module(compose(["model=unet_tiny", "data=synthetic", "data.image_size=8", "data.channels=1",
                                    "scheduler.num_timesteps=20", "perf=cpu", *overrides]))
@@ -122,7 +122,7 @@ def _checkpoint(tmp_path, *overrides: str):
 
 
 def _export(ckpt, out, **extra):
-    from ddpm.export import export
+    from ddpm.tasks.export import export
 
     return export(OmegaConf.create({"ckpt_path": str(ckpt), "format": "diffusers", "out": str(out), "use_ema": True,
                                     "overwrite": False, **extra}))
@@ -197,14 +197,14 @@ def test_export_refuses_what_diffusers_cannot_represent_and_writes_nothing(tmp_p
 
 
 def test_init_from_a_diffusers_folder_trains_from_its_weights(tmp_path):
-    from ddpm.train import init_source, load_init_weights
+    from ddpm.tasks.train import init_source, load_init_weights
 
     out = _pipeline_folder(tmp_path)
     cfg = compose(["data=synthetic", "data.image_size=8", "data.channels=1", f"init_from={out}",
                    "scheduler.num_timesteps=20"])
     source = init_source(cfg)
     assert cfg.model.downsample_padding == 1 and cfg.model.base_channels == 16  # the source's network
-    from ddpm.train import build_module
+    from ddpm.tasks.train import build_module
 
     module = build_module(cfg)
     load_init_weights(module, source)
@@ -212,7 +212,7 @@ def test_init_from_a_diffusers_folder_trains_from_its_weights(tmp_path):
     assert all(torch.equal(module.net.state_dict()[k], v) for k, v in want.items())
     with pytest.raises(ConfigError, match="data gives"):
         init_source(compose(["data=synthetic", "data.image_size=16", "data.channels=1", f"init_from={out}"]))
-    from ddpm.train import check_checkpoint
+    from ddpm.tasks.train import check_checkpoint
 
     with pytest.raises(ConfigError, match="init_from="):
         check_checkpoint(str(out), module)

@@ -9,10 +9,10 @@ import math
 import pytest
 import torch
 
-from ddpm.diffusion import GaussianDiffusion
-from ddpm.objective import training_losses, uniform_timesteps
-from ddpm.samplers import AncestralSampler, chain_timesteps
-from ddpm.schedules import cosine_betas, linear_betas
+from ddpm.core.diffusion import GaussianDiffusion
+from ddpm.core.objective import training_losses, uniform_timesteps
+from ddpm.core.samplers import AncestralSampler, chain_timesteps
+from ddpm.core.schedules import cosine_betas, linear_betas
 
 T = 1000
 

@@ -15,38 +15,19 @@ import numpy as np
 import pytest
 import torch
 
-from ddpm.diffusion import GaussianDiffusion
-from ddpm.parametrization import PREDICTIONS
-from ddpm.samplers import DPMSolverSampler, EDMSampler, spaced_timesteps
-from ddpm.samplers.spacing import karras_sigmas
-from ddpm.schedules import cosine_betas, linear_betas
+from ddpm.core.diffusion import GaussianDiffusion
+from ddpm.core.parametrization import PREDICTIONS
+from ddpm.core.samplers import DPMSolverSampler, EDMSampler, spaced_timesteps
+from ddpm.core.samplers.spacing import karras_sigmas
+from ddpm.core.schedules import cosine_betas, linear_betas
+from tests.helpers.gaussian import MU, S_DATA, exact_eps
 
-T, MU, S_DATA, N = 1000, 0.3, 0.5, 40_000
+T, N = 1000, 40_000
 MC_MEAN, MC_STD = 0.0063, 0.0088
 
 
 def diffusion(schedule: str = "linear") -> GaussianDiffusion:
     return GaussianDiffusion(linear_betas(T) if schedule == "linear" else cosine_betas(T))
-
-
-def exact_eps_fractional(d: GaussianDiffusion):
-    abar = d.alphas_cumprod.numpy()
-    log_sigma = 0.5 * np.log((1 - abar) / abar)
-
-    def eps(x, t):
-        sigma = np.exp(np.interp(t.double().numpy(), np.arange(len(abar)), log_sigma))
-        a = torch.from_numpy(1 / (1 + sigma**2)).reshape(-1, 1, 1, 1)
-        return (1 - a).sqrt() * (x - a.sqrt() * MU) / (a * S_DATA**2 + 1 - a)
-
-    return eps
-
-
-def exact_eps_integer(d: GaussianDiffusion):
-    def eps(x, t):
-        a = d.alphas_cumprod[t].reshape(-1, 1, 1, 1)
-        return (1 - a).sqrt() * (x - a.sqrt() * MU) / (a * S_DATA**2 + 1 - a)
-
-    return eps
 
 
 def moments(sampler, model, seed: int = 3) -> tuple[float, float]:
@@ -117,7 +98,7 @@ def test_a_sampler_refuses_settings_it_cannot_run():
 ])
 def test_deterministic_edm_samples_the_data_distribution_and_improves_with_n(schedule, sigma_max, tolerances):
     d = diffusion(schedule)
-    model = exact_eps_fractional(d)
+    model = exact_eps(d)
     errors = []
     for n, tol in tolerances:
         mean, std = moments(EDMSampler(d, num_steps=n, sigma_max=sigma_max, progress=False), model)
@@ -128,7 +109,7 @@ def test_deterministic_edm_samples_the_data_distribution_and_improves_with_n(sch
 
 def test_stochastic_edm_samples_the_data_distribution():
     d = diffusion()
-    model = exact_eps_fractional(d)
+    model = exact_eps(d)
     for n, tol in ((40, 0.04), (160, 0.01)):
         sampler = EDMSampler(d, num_steps=n, s_churn=40, s_tmin=0.05, s_tmax=50, s_noise=1.0, progress=False)
         mean, std = moments(sampler, model)
@@ -139,14 +120,14 @@ def test_dpm_solver_sde_samples_the_data_distribution():
     d = diffusion()
     for n, tol in ((20, 0.03), (50, 0.01)):
         sampler = DPMSolverSampler(d, num_steps=n, sde=True, clip_denoised=False, progress=False)
-        mean, std = moments(sampler, exact_eps_integer(d))
+        mean, std = moments(sampler, exact_eps(d))
         assert abs(mean - MU) < MC_MEAN + 0.005 and abs(std - S_DATA) < MC_STD + tol, (n, mean, std)
 
 
 def test_deterministic_edm_ignores_the_generator_and_churn_uses_it():
     d = diffusion()
     x_T = torch.randn(64, 1, 2, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-    model = exact_eps_fractional(d)
+    model = exact_eps(d)
 
     def run(sampler, seed):
         return sampler.sample(model, x_T.shape, torch.Generator().manual_seed(seed), noise=x_T.clone()).images
@@ -225,7 +206,7 @@ def test_one_dpm_solver_sde_step_by_hand():
 @pytest.mark.parametrize("prediction", sorted(PREDICTIONS))
 def test_eps_at_fractional_noise_levels_agrees_with_the_discrete_reading(prediction):
     """What EDM reads between timesteps equals the discrete reading at every integer t (float64), for eps, x0, v."""
-    from ddpm.parametrization import Parametrization
+    from ddpm.core.parametrization import Parametrization
 
     d = diffusion()
     param = Parametrization.of(prediction)

@@ -9,8 +9,8 @@ import math
 import pytest
 import torch
 
-from ddpm.objective import training_losses
-from ddpm.train import build_module
+from ddpm.core.objective import training_losses
+from ddpm.tasks.train import build_module
 from tests.conftest import compose
 
 PERF = {"compile", "compile_mode", "channels_last", "fused_optimizer", "sample_precision"}
@@ -54,7 +54,7 @@ def test_compiled_and_channels_last_loss_and_gradients_match(batch):
 
 
 def test_compiled_sampling_matches_eager(batch):
-    from ddpm.samplers import DDIMSampler, DPMSolverSampler
+    from ddpm.core.samplers import DDIMSampler, DPMSolverSampler
 
     plain, fast = make(), make(compile=True)
     fast.load_state_dict(plain.state_dict())
@@ -115,8 +115,8 @@ def test_fused_optimizer_with_clipping_trains_like_the_foreach_one():
 
 
 def test_fused_optimizer_with_fp16_loss_scaling_is_refused():
-    from ddpm.config import ConfigError
-    from ddpm.perf import resolve_plan
+    from ddpm.errors import ConfigError
+    from ddpm.runtime.perf import resolve_plan
 
     perf = dict(compose(["perf=gpu"]).perf)
     with pytest.raises(ConfigError, match="bf16-mixed"):
@@ -145,7 +145,7 @@ def test_ema_follows_the_float64_recurrence(warmup):
     for r, e in zip(reference, m.ema.module.parameters()):
         torch.testing.assert_close(e.double(), r, rtol=1e-6, atol=1e-6)
     assert int(m.ema.n_averaged) == 6
-    from ddpm.ema import ema_decay_at
+    from ddpm.nn.ema import ema_decay_at
 
     assert ema_decay_at(10**6, 0.9, warmup) == 0.9 and (ema_decay_at(1, 0.9, warmup) == 2 / 11) is warmup
     assert ema_decay_at(0, 0.9, warmup) == 0.0
@@ -224,7 +224,7 @@ def test_training_steps_do_not_wait_for_the_device_except_at_checks(monkeypatch)
     import lightning.pytorch.trainer.connectors.logger_connector.result as result
     from hydra.utils import instantiate
 
-    from ddpm.callbacks import LossProgressBar
+    from ddpm.training.callbacks import LossProgressBar
 
     converted = []
     convert = result.convert_tensors_to_scalars

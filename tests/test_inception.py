@@ -14,7 +14,7 @@ from unittest.mock import patch
 import pytest
 import torch
 
-from ddpm.inception import (
+from ddpm.metrics.inception import (
     InceptionFeatures,
     load_torchscript,
     package_weights,

@@ -6,9 +6,9 @@ import mpmath
 import pytest
 import torch
 
-from ddpm.diffusion import GaussianDiffusion
-from ddpm.likelihood import bits_per_dim, discretized_gaussian_log_likelihood, normal_kl, prior_bpd, vlb_terms_bpd
-from ddpm.schedules import linear_betas
+from ddpm.core.diffusion import GaussianDiffusion
+from ddpm.core.likelihood import bits_per_dim, discretized_gaussian_log_likelihood, normal_kl, prior_bpd, vlb_terms_bpd
+from ddpm.core.schedules import linear_betas
 
 mpmath.mp.dps = 50
 

@@ -11,9 +11,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ddpm.coverage import precision_recall
-from ddpm.degradations import SUITE, blur, collapse, drop_classes, imbalance, noise, shrink
 from ddpm.metrics import SampleMetrics
+from ddpm.metrics.coverage import precision_recall
+from ddpm.metrics.degradations import SUITE, blur, collapse, drop_classes, imbalance, noise, shrink
 from tests.test_metrics import digits
 
 STRENGTHS = {**{name: strengths for name, (_, strengths) in SUITE.items()}, "noise": (16.0, 32.0, 64.0)}

@@ -3,11 +3,11 @@
 import pytest
 import torch
 
+from ddpm.core.images import quantize
 from ddpm.data import DigitsDataModule
-from ddpm.features import ClassifierFeatures
-from ddpm.images import quantize
-from ddpm.inception import InceptionFeatures
 from ddpm.metrics import SampleMetrics
+from ddpm.metrics.features import ClassifierFeatures
+from ddpm.metrics.inception import InceptionFeatures
 
 FAST_CLASSIFIER = {"steps": 150, "batch_size": 128, "lr": 0.1, "width": 8, "num_features": 32, "seed": 0}
 

@@ -10,17 +10,17 @@ from collections import deque
 import pytest
 import torch
 
-from ddpm.diffusion import GaussianDiffusion
-from ddpm.likelihood import vlb_terms_bpd
-from ddpm.objective import (
+from ddpm.core.diffusion import GaussianDiffusion
+from ddpm.core.likelihood import vlb_terms_bpd
+from ddpm.core.objective import (
     LossSecondMomentTimesteps,
     UniformTimesteps,
     build_timestep_sampler,
     check_objective,
     training_terms,
 )
-from ddpm.parametrization import Parametrization
-from ddpm.schedules import linear_betas
+from ddpm.core.parametrization import Parametrization
+from ddpm.core.schedules import linear_betas
 
 
 def _filled(T=6, H=3, uniform_prob=0.05, seed=0):
@@ -166,7 +166,7 @@ def test_the_objective_object_weights_gathers_and_splits_by_quarter():
     """Objective: the step's loss is the mean of the per-sample losses (uniform t: weight 1); a loss-aware sampler
     is updated with what `gather` returns (here: this rank's values twice, as two ranks would); the per-quarter
     statistics equal a hand computation."""
-    from ddpm.objective import Objective, TrainingLoss
+    from ddpm.core.objective import Objective, TrainingLoss
 
     d = GaussianDiffusion(linear_betas(40))
     net = _Net(1)

@@ -14,21 +14,12 @@ import math
 import pytest
 import torch
 
-from ddpm.diffusion import GaussianDiffusion
-from ddpm.samplers import SPACINGS, AncestralSampler, DDIMSampler, DPMSolverSampler, respaced, spaced_timesteps
-from ddpm.schedules import cosine_betas, linear_betas
+from ddpm.core.diffusion import GaussianDiffusion
+from ddpm.core.samplers import SPACINGS, AncestralSampler, DDIMSampler, DPMSolverSampler, respaced, spaced_timesteps
+from ddpm.core.schedules import cosine_betas, linear_betas
+from tests.helpers.gaussian import MU, S_DATA, exact_eps
 
-T, MU, S_DATA, N = 1000, 0.3, 0.5, 40_000
-
-
-def exact_eps(diffusion: GaussianDiffusion):
-    abar_all = diffusion.alphas_cumprod
-
-    def eps(x, t):
-        abar = abar_all[t].reshape(-1, 1, 1, 1)
-        return (1 - abar).sqrt() * (x - abar.sqrt() * MU) / (abar * S_DATA**2 + 1 - abar)
-
-    return eps
+T, N = 1000, 40_000
 
 
 def draw(sampler, seed: int = 3):
@@ -174,9 +165,9 @@ def test_one_ddim_step_against_a_float64_hand_computation():
     sigma = 0.6 * math.sqrt((1 - a_n) / (1 - a_t) * (1 - a_t / a_n))
     expected = math.sqrt(a_n) * x0 + math.sqrt(1 - a_n - sigma**2) * eps + sigma * z
     f = lambda v: torch.tensor([v], dtype=torch.float64)  # noqa: E731
-    got, got_x0 = sampler.step(f(x), f(eps), t, t_next, f(z))
+    got, got_x0 = sampler.update(f(x), f(eps), t, t_next, f(z))
     assert got.item() == pytest.approx(expected, rel=1e-12) and got_x0.item() == pytest.approx(x0, rel=1e-12)
-    last, _ = sampler.step(f(x), f(eps), t, -1, f(z))  # the final step lands on x0_hat
+    last, _ = sampler.update(f(x), f(eps), t, -1, f(z))  # the final step lands on x0_hat
     assert last.item() == pytest.approx(x0, rel=1e-12)
 
 
@@ -216,9 +207,9 @@ def test_every_sampler_makes_num_steps_network_calls_and_records_a_chain(make):
 
 def test_long_sampling_reports_progress_in_logs_that_are_no_terminal(caplog):
     """Under pytest stderr is no terminal: a log line every ~10% instead of a hidden progress bar."""
-    from ddpm.samplers.base import progress
+    from ddpm.core.samplers.base import progress
 
-    with caplog.at_level("INFO", logger="ddpm.samplers.base"):
+    with caplog.at_level("INFO", logger="ddpm.core.samplers.base"):
         assert list(progress(range(200), 200, "sampling (test)", True)) == list(range(200))
     lines = [r.getMessage() for r in caplog.records]
     assert lines[0] == "sampling (test): step 20 of 200" and len(lines) == 9

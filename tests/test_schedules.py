@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 
-from ddpm.diffusion import GaussianDiffusion
-from ddpm.schedules import cosine_betas, custom_betas, linear_betas, quadratic_betas, sigmoid_betas
+from ddpm.core.diffusion import GaussianDiffusion
+from ddpm.core.schedules import cosine_betas, custom_betas, linear_betas, quadratic_betas, sigmoid_betas
 
 
 def cumprod(values):

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ddpm.config import ConfigError
-from ddpm.train import check_multirun_devices
+from ddpm.errors import ConfigError
+from ddpm.tasks.train import check_multirun_devices
 from tests.conftest import ROOT, compose
 
 TINY = ["scheduler.num_timesteps=20", "trainer.max_steps=3", "trainer.val_check_interval=3", "logger=csv",
@@ -104,7 +104,7 @@ def test_ddpm_cifar10_experiment_is_the_paper_recipe():
     cfg = compose(["experiment=ddpm_cifar10"])
     assert cfg.data.name == "cifar10" and cfg.data.random_flip is True and cfg.data.batch_size == 128
     s = cfg.scheduler
-    assert s._target_ == "ddpm.schedules.linear_betas" and s.num_timesteps == 1000
+    assert s._target_ == "ddpm.core.schedules.linear_betas" and s.num_timesteps == 1000
     assert s.beta_start == 1e-4 and s.beta_end == 0.02 and s.scale_to_num_timesteps is False
     m = cfg.model
     assert (m.base_channels, list(m.channel_mult), m.num_res_blocks, list(m.attention_resolutions), m.dropout) == \
@@ -117,6 +117,6 @@ def test_ddpm_cifar10_experiment_is_the_paper_recipe():
     assert o.weight_decay == 0.0
     t = cfg.trainer
     assert t.max_steps == 800_000 and t.gradient_clip_val == 1.0 and t.gradient_clip_algorithm == "norm"
-    assert cfg.sampler._target_ == "ddpm.samplers.AncestralSampler" and cfg.sampler.clip_denoised is True
+    assert cfg.sampler._target_ == "ddpm.core.samplers.ancestral.AncestralSampler" and cfg.sampler.clip_denoised is True
     assert cfg.fid.feature == "inception" and cfg.fid.reference_split == "train"
     assert cfg.callbacks.sample_eval.fid_samples == 50_000 and cfg.optimized_metric == "val/fid"

@@ -14,11 +14,11 @@ import pytest
 import torch
 from omegaconf.errors import OmegaConfBaseException
 
-from ddpm.config import ConfigError, UserError
-from ddpm.module import DiffusionModule
+from ddpm.core.samplers import DDIMSampler
+from ddpm.errors import ConfigError, UserError
 from ddpm.pipeline import SamplingPipeline
-from ddpm.samplers import DDIMSampler
-from ddpm.train import train
+from ddpm.tasks.train import train
+from ddpm.training.module import DiffusionModule
 from tests.conftest import ROOT, compose
 
 pytestmark = pytest.mark.slow
@@ -72,7 +72,7 @@ def test_last_ckpt_is_final_step_and_loads_weights_only(trained):
     ckpt = torch.load(out / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert ckpt["global_step"] == 30  # not 20: LastCheckpoint writes the final step
     hp = ckpt["hyper_parameters"]
-    assert hp["model"]["_target_"] == "ddpm.unet.UNet" and hp["image_shape"] == [1, 8, 8]
+    assert hp["model"]["_target_"] == "ddpm.nn.unet.UNet" and hp["image_shape"] == [1, 8, 8]
     assert any(k.startswith("ema.module.") for k in ckpt["state_dict"])
     assert not any(k.startswith("diffusion.") for k in ckpt["state_dict"])  # schedule is config, not weights
     # the EMA differs from the raw weights after training
@@ -260,7 +260,7 @@ def test_wandb_without_credentials_logs_offline_and_holds_the_run(tmp_path):
                 "val/fd_resnet_n", "val/fd_resnet_nfe", "val/bpd", "samples", "denoising_chain",
                 "forward_process"):
         assert key in keys, key
-    assert summary["config"]["model"]["_target_"] == "ddpm.unet.UNet"  # the resolved config
+    assert summary["config"]["model"]["_target_"] == "ddpm.nn.unet.UNet"  # the resolved config
     images = {p.name.rsplit("_", 2)[0] for p in (runs[0] / "files" / "media" / "images").glob("*.png")}
     assert {"samples", "denoising_chain", "forward_process"} <= images
 
@@ -286,7 +286,7 @@ def test_a_requeued_slurm_job_resumes_from_its_own_last_ckpt(tmp_path, monkeypat
 
     args = [*FAST, "logger=none", "trainer.val_check_interval=100"]
     train(compose([*args, "trainer.max_steps=3"], output_dir=tmp_path))
-    with caplog.at_level("INFO", logger="ddpm.train"):
+    with caplog.at_level("INFO", logger="ddpm.tasks.train"):
         train(compose([*args, "trainer.max_steps=5"], output_dir=tmp_path))  # no restart counted: starts over
         assert "Resuming from" not in caplog.text
         monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
@@ -369,7 +369,8 @@ def test_eval_py_takes_any_sampler_from_the_command_line(trained, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     eval_dir = sorted((tmp_path / "logs" / "eval" / "runs").iterdir())[-1]
     metrics = json.loads((eval_dir / "metrics.json").read_text())
-    assert metrics["sampler"] == "dpm_solver++2m(S=7, logsnr)" and metrics["nfe"] == 7 and metrics["n_samples"] == 6
+    assert metrics["sampler"] == "dpm_solver(DPM-Solver++(2M), S=7, logsnr)"
+    assert metrics["nfe"] == 7 and metrics["n_samples"] == 6
 
 
 def test_eval_py_missing_checkpoint_is_one_message(tmp_path):

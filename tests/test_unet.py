@@ -6,7 +6,7 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
-from ddpm.unet import UNet, check_unet_config, timestep_embedding
+from ddpm.nn.unet import UNet, check_unet_config, timestep_embedding
 from tests.conftest import compose
 
 MODELS = ["unet_tiny", "unet_small", "unet_base", "unet_large"]
@@ -71,7 +71,7 @@ def test_timestep_embedding_matches_ddpm_formula():
 
 
 def test_attention_heads_agree_with_manual_softmax():
-    from ddpm.unet import AttentionBlock
+    from ddpm.nn.unet import AttentionBlock
 
     torch.manual_seed(0)
     block = AttentionBlock(8, num_heads=2, groups=4, eps=1e-6)
@@ -111,7 +111,7 @@ def test_upsample_equals_nearest_interpolation_in_values_gradients_and_layout():
     """Upsample broadcasts instead of calling F.interpolate (a cheaper backward): same function, float64."""
     import torch.nn.functional as F
 
-    from ddpm.unet import Upsample
+    from ddpm.nn.unet import Upsample
 
     torch.manual_seed(0)
     up = Upsample(4).double()

@@ -15,8 +15,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, TensorDataset, random_split
 
-from ..perf import ExecutionPlan
-from .datasets import (
+from ddpm.data.datasets import (
     FITS,
     DataError,
     ImageFiles,
@@ -28,8 +27,9 @@ from .datasets import (
     pil_transform,
     synthetic,
 )
-from .device_loader import DeviceLoader
-from .order import EpochSampler, Flipped, image_of, label_of
+from ddpm.data.device_loader import DeviceLoader
+from ddpm.data.order import EpochSampler, Flipped, image_of, label_of
+from ddpm.runtime.perf import ExecutionPlan
 
 
 class ImageDataModule(pl.LightningDataModule):

@@ -19,7 +19,7 @@ from torch import Tensor
 from torch.utils.data import Dataset, TensorDataset
 from torchvision import transforms as T
 
-from ..config import UserError
+from ddpm.errors import UserError
 
 log = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ from typing import Iterator, Union
 import torch
 from torch import Tensor
 
-from .order import EpochSampler
+from ddpm.data.order import EpochSampler
 
 
 class DeviceLoader:

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset, DistributedSampler
 
-from ..rng import derive_seed
+from ddpm.runtime.rng import derive_seed
 
 
 def image_of(item) -> Tensor:

@@ -1,0 +1,1 @@
+"""Networks: the DDPM U-Net and the exponential moving average of its weights."""

@@ -1,0 +1,1 @@
+"""Lightning glue: the LightningModule (hooks only), callbacks, exact resume, optimizer, loggers, preemption."""
