@@ -104,22 +104,49 @@ def sets(args: argparse.Namespace) -> None:
             print(f"Spearman rank correlation {a} vs {b} over {len(files)} sets: {rho:.3f}")
 
 
-def main() -> None:
-    argv = sys.argv[1:]
-    overrides = argv[argv.index("--") + 1:] if "--" in argv else []
-    argv = argv[: argv.index("--")] if "--" in argv else argv
+FIDS = ("classifier", "inception")  # conf/fid options
+
+
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
     for cmd in ("degradations", "sets"):
         s = sub.add_parser(cmd)
         s.add_argument("--data", default="fashion_mnist")
-        s.add_argument("--fid", nargs="+", default=["classifier"])
+        s.add_argument("--fid", nargs="+", default=["classifier"], help=f"one or more of {', '.join(FIDS)}")
         s.add_argument("--n", type=int, default=2000)
         s.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
         if cmd == "sets":
-            s.add_argument("files", nargs="+")
-    args = p.parse_args(argv)
+            s.add_argument("files", nargs="*", help="sample sets (.npz, key arr_0, N x H x W x C uint8)")
+    return p
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    """The arguments; `--fid classifier inception DIR/*.npz` works too: --fid takes every following word, so the
+    .npz files it took are handed back to `files` (any other word that is no --fid option is an error)."""
+    p = build_parser()
+    overrides = argv[argv.index("--") + 1:] if "--" in argv else []
+    args = p.parse_args(argv[: argv.index("--")] if "--" in argv else argv)
     args.overrides = overrides
+    taken = [v for v in args.fid if v.endswith(".npz")]
+    args.fid = [v for v in args.fid if not v.endswith(".npz")]
+    unknown = sorted(set(args.fid) - set(FIDS))
+    if unknown:
+        p.error(f"--fid: unknown option(s) {unknown}; choose from {list(FIDS)}")
+    if args.cmd == "sets":
+        args.files = taken + args.files
+        if not args.files:
+            p.error("sets: give one or more .npz sample sets")
+        missing = [f for f in args.files if not Path(f).is_file()]
+        if missing:
+            p.error(f"sets: no such file {missing[0]}")
+    elif taken:
+        p.error(f"degradations takes no sample sets, got {taken}")
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")  # names the Inception weights' source
     degradations(args) if args.cmd == "degradations" else sets(args)
 

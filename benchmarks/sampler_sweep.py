@@ -161,7 +161,7 @@ def _job_overrides(job_dir: Path) -> list[str]:
     return yaml.safe_load(path.read_text()) if path.is_file() else []
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser()
     sub = p.add_subparsers(dest="what", required=True)
     r = sub.add_parser("run")
@@ -179,7 +179,11 @@ def main() -> None:
     s = sub.add_parser("summarize")
     s.add_argument("multirun", type=Path)
     s.add_argument("--out", type=Path, required=True)
-    args = p.parse_args()
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
     if args.what == "run":
         part = slice(*[int(v) if v else None for v in args.slice.split(":")])
         run(args.ckpt, args.out, args.n, args.batch, args.seed, args.grid, args.fid, args.inception_weights, part)

@@ -48,6 +48,7 @@ def test_read_checkpoint_returns_the_contents(tmp_path):
     assert ckpt["global_step"] == 3 and ckpt["state_dict"]["w"].shape == (64, 64)
 
 
+@pytest.mark.slow
 def test_eval_py_with_a_text_file_is_one_message(tmp_path):
     """Tried as a new user would: before, torch's UnpicklingError traceback."""
     text = tmp_path / "notes.txt"

@@ -57,6 +57,7 @@ def test_the_old_checkpoint_samples_bit_identically_through_the_pipeline():
         assert torch.equal(pipe.with_sampler(sampler).sample(4, seed=1).images, ref[name]), name
 
 
+@pytest.mark.slow
 def test_the_old_checkpoint_evaluates_bit_identically_through_eval(tmp_path):
     """eval.py's task on the old run (its data config read from the old config.yaml): the same samples.npz."""
     from omegaconf import open_dict
@@ -71,6 +72,7 @@ def test_the_old_checkpoint_evaluates_bit_identically_through_eval(tmp_path):
     assert np.array_equal(ours, np.load(RUN / "eval_samples.npz")["arr_0"])
 
 
+@pytest.mark.slow
 def test_the_old_checkpoint_loads_into_the_lightning_module():
     from ddpm.training.module import DiffusionModule
 

@@ -42,6 +42,7 @@ def batch():
     return x, torch.randint(0, 20, (16,), generator=g), torch.randn(16, 1, 8, 8, generator=g)
 
 
+@pytest.mark.slow
 def test_compiled_and_channels_last_loss_and_gradients_match(batch):
     plain, fast = make(), make(compile=True, channels_last=True)
     fast.configure_model()
@@ -53,6 +54,7 @@ def test_compiled_and_channels_last_loss_and_gradients_match(batch):
         torch.testing.assert_close(p.grad, q.grad, rtol=1e-3, atol=1e-4, msg=name)
 
 
+@pytest.mark.slow
 def test_compiled_sampling_matches_eager(batch):
     from ddpm.core.samplers import DDIMSampler, DPMSolverSampler
 

@@ -101,6 +101,7 @@ def test_inception_takes_uint8_only():
         InceptionFeatures()(torch.zeros(1, 3, 8, 8))
 
 
+@pytest.mark.slow
 def test_fid_of_the_two_implementations_agrees(both_networks):
     """torchmetrics' FrechetInceptionDistance fed by either network: the same FID on the same real and generated
     sets (small sets: the value itself is meaningless, the agreement is the point)."""

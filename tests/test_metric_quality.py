@@ -16,6 +16,8 @@ from ddpm.metrics.coverage import precision_recall
 from ddpm.metrics.degradations import SUITE, blur, collapse, drop_classes, imbalance, noise, shrink
 from tests.test_metrics import digits
 
+pytestmark = pytest.mark.slow  # end-to-end: a feature classifier trained, degradations scored
+
 STRENGTHS = {**{name: strengths for name, (_, strengths) in SUITE.items()}, "noise": (16.0, 32.0, 64.0)}
 
 

@@ -29,6 +29,7 @@ def prepared(cache):
     return m, hit
 
 
+@pytest.mark.slow
 def test_reference_statistics_are_cached_and_keyed(prepared, cache):
     m, hit = prepared
     assert not hit

@@ -9,6 +9,8 @@ from nbclient import NotebookClient
 from ddpm.tasks.train import train
 from tests.conftest import ROOT, compose
 
+pytestmark = pytest.mark.slow  # end-to-end: executed notebooks
+
 NOTEBOOKS = ROOT / "notebooks"
 
 

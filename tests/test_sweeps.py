@@ -15,6 +15,8 @@ from ddpm.errors import ConfigError
 from ddpm.tasks.train import check_multirun_devices
 from tests.conftest import ROOT, compose
 
+pytestmark = pytest.mark.slow  # end-to-end: Hydra multiruns
+
 TINY = ["scheduler.num_timesteps=20", "trainer.max_steps=3", "trainer.val_check_interval=3", "logger=csv",
         "callbacks.sample_eval.n_grid=4", "callbacks.sample_eval.fid_samples=8", "callbacks.sample_eval.bpd_images=0",
         "callbacks.sample_eval.chain_frames=0", "callbacks.progress_bar.refresh_rate=0", "fid.classifier.steps=20"]
