@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import pytest
 import torch
 
 from ddpm.errors import ConfigError
 from ddpm.io.checkpoint import read_checkpoint
-from tests.conftest import ROOT
+from tests.helpers.entry import run_entry
 
 
 def _ours(path):
@@ -48,13 +45,10 @@ def test_read_checkpoint_returns_the_contents(tmp_path):
     assert ckpt["global_step"] == 3 and ckpt["state_dict"]["w"].shape == (64, 64)
 
 
-@pytest.mark.slow
 def test_eval_py_with_a_text_file_is_one_message(tmp_path):
     """Tried as a new user would: before, torch's UnpicklingError traceback."""
     text = tmp_path / "notes.txt"
     text.write_text("hello\n")
-    proc = subprocess.run([sys.executable, str(ROOT / "eval.py"), f"ckpt_path={text}", "logger=none",
-                           f"paths.log_dir={tmp_path / 'logs'}"], cwd=tmp_path, capture_output=True, text=True,
-                          timeout=600)
+    proc = run_entry("eval", [f"ckpt_path={text}", "logger=none"], tmp_path)
     assert proc.returncode == 2 and "not a readable torch checkpoint" in proc.stderr, proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr

@@ -20,6 +20,7 @@ from ddpm.pipeline import SamplingPipeline
 from ddpm.tasks.train import train
 from ddpm.training.module import DiffusionModule
 from tests.conftest import ROOT, compose
+from tests.helpers.entry import run_entry
 
 pytestmark = pytest.mark.slow
 
@@ -148,27 +149,31 @@ def test_resume_from_last_ckpt_continues_steps(trained, tmp_path):
 
 def test_checkpoint_from_other_model_is_refused(trained, tmp_path):
     _, out = trained
-    proc = run_cli([*[a for a in FAST if not a.startswith("model=")], "model=unet_small", "logger=none",
-                    f"ckpt_path={out / 'checkpoints' / 'last.ckpt'}"], tmp_path)
+    proc = run_entry("train", [*[a for a in FAST if not a.startswith("model=")], "model=unet_small", "logger=none",
+                               f"ckpt_path={out / 'checkpoints' / 'last.ckpt'}"], tmp_path)
     assert proc.returncode == 2
     assert "different model config" in proc.stderr and "model.base_channels: checkpoint 16, this run 32" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_an_unknown_config_option_is_hydras_one_message(tmp_path):
+    """Through the CLI as a user sees it: Hydra's own error."""
+    proc = run_cli([*FAST, "logger=none", "model=unet_huge"], tmp_path)
+    assert proc.returncode != 0 and "Could not find 'model/unet_huge'" in proc.stderr, proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr
 
 
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["model=unet_huge"], "Could not find 'model/unet_huge'"),
         (["data.image_size=9"], "image_size 9 cannot be halved 1 times evenly"),
         (["data=mnist", "data.download=false", "paths.data_dir=nowhere"], "mnist: files missing in"),
     ],
 )
 def test_bad_input_is_one_clear_message(tmp_path, args, message):
-    """Through the CLI as a user sees it: Hydra's own error, a config check, missing data."""
-    proc = run_cli([*FAST, "logger=none", *args], tmp_path)
-    assert proc.returncode != 0
-    assert message in proc.stderr, proc.stderr[-2000:]
-    assert "Traceback" not in proc.stderr
+    """A config check and missing data: one line, exit 2, nothing trained."""
+    proc = run_entry("train", [*FAST, "logger=none", *args], tmp_path)
+    assert proc.returncode == 2 and message in _one_error_line(proc)
     assert not list(tmp_path.rglob("*.ckpt"))  # nothing trained
 
 
@@ -195,7 +200,7 @@ def test_bad_config_value_is_refused_before_training(tmp_path, args, message):
     assert not list(tmp_path.rglob("*.ckpt"))  # nothing trained
 
 
-def _one_error_line(proc: subprocess.CompletedProcess) -> str:
+def _one_error_line(proc) -> str:
     assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
     lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert len(lines) == 1, proc.stderr[-2000:]
@@ -213,10 +218,10 @@ def test_unreadable_image_file_stops_before_training_naming_it(tmp_path):
     (images / "cut.jpg").write_bytes((images / "cut.jpg").read_bytes()[:200])
     args = [*FAST, "logger=none", "data=image_folder", f"data.root={images}", "data.image_size=8", "data.batch_size=4",
             "data.num_workers=0", "data.val_fraction=0.25"]
-    line = _one_error_line(run_cli(args, tmp_path))
+    line = _one_error_line(run_entry("train", args, tmp_path))
     assert "1 unreadable image(s)" in line and "cut.jpg" in line and "skip_unreadable=true" in line
     assert not list(tmp_path.rglob("*.ckpt"))
-    skipped = run_cli([*args, "data.skip_unreadable=true", "trainer.max_steps=2"], tmp_path)
+    skipped = run_entry("train", [*args, "data.skip_unreadable=true", "trainer.max_steps=2"], tmp_path)
     assert skipped.returncode == 0 and "skipping 1 unreadable image(s) of 9" in skipped.stdout + skipped.stderr
 
 
@@ -354,18 +359,14 @@ def test_eval_py_writes_samples_and_metrics(trained, tmp_path):
                                           ("batch_size=-2", "batch_size must be a positive integer, got -2")])
 def test_eval_py_bad_numbers_are_one_message(trained, tmp_path, arg, message):
     _, out = trained
-    proc = subprocess.run([sys.executable, str(ROOT / "eval.py"), f"ckpt_path={out / 'checkpoints' / 'last.ckpt'}", arg,
-                           "logger=none", f"paths.log_dir={tmp_path / 'logs'}"], cwd=tmp_path, capture_output=True,
-                          text=True, timeout=600)
+    proc = run_entry("eval", [f"ckpt_path={out / 'checkpoints' / 'last.ckpt'}", arg, "logger=none"], tmp_path)
     assert proc.returncode == 2 and message in _one_error_line(proc)
 
 
 def test_eval_py_takes_any_sampler_from_the_command_line(trained, tmp_path):
     _, out = trained
-    proc = subprocess.run([sys.executable, str(ROOT / "eval.py"), f"ckpt_path={out / 'checkpoints' / 'last.ckpt'}",
-                           "sampler=dpm_solver", "sampler.num_steps=7", "n_samples=6", "metrics=[]", "logger=none",
-                           f"paths.log_dir={tmp_path / 'logs'}"], cwd=tmp_path, capture_output=True, text=True,
-                          timeout=600)
+    proc = run_entry("eval", [f"ckpt_path={out / 'checkpoints' / 'last.ckpt'}", "sampler=dpm_solver",
+                              "sampler.num_steps=7", "n_samples=6", "metrics=[]", "logger=none"], tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     eval_dir = sorted((tmp_path / "logs" / "eval" / "runs").iterdir())[-1]
     metrics = json.loads((eval_dir / "metrics.json").read_text())
@@ -374,13 +375,12 @@ def test_eval_py_takes_any_sampler_from_the_command_line(trained, tmp_path):
 
 
 def test_eval_py_missing_checkpoint_is_one_message(tmp_path):
-    proc = subprocess.run([sys.executable, str(ROOT / "eval.py"), f"ckpt_path={tmp_path / 'nope.ckpt'}", "logger=none",
-                           f"paths.log_dir={tmp_path / 'logs'}"], cwd=tmp_path, capture_output=True, text=True,
-                          timeout=600)
-    assert proc.returncode == 2 and "does not exist" in proc.stderr and "Traceback" not in proc.stderr
+    proc = run_entry("eval", [f"ckpt_path={tmp_path / 'nope.ckpt'}", "logger=none"], tmp_path)
+    assert proc.returncode == 2 and "does not exist" in _one_error_line(proc)
 
 
 def test_ckpt_path_last_resumes_the_newest_run_and_its_wandb_run(tmp_path):
+    """Through the CLI: W&B holds one run per process, and the resumed process must continue the first's."""
     env = {"WANDB_MODE": "offline"}
     args = [*FAST, "logger=wandb", "trainer.max_steps=3"]
     first = run_cli(args, tmp_path, env)
@@ -398,18 +398,18 @@ def test_ckpt_path_last_resumes_the_newest_run_and_its_wandb_run(tmp_path):
 
 def test_ckpt_path_last_takes_the_newest_run_of_this_model_or_says_why_none_fits(tmp_path):
     """A newer run of another model is passed over; with no run of this model, every run found is listed."""
-    first = run_cli([*FAST, "logger=none", "trainer.max_steps=3"], tmp_path)
+    first = run_entry("train", [*FAST, "logger=none", "trainer.max_steps=3"], tmp_path)
     assert first.returncode == 0, first.stderr[-3000:]
     tiny_dir = run_dir(tmp_path)
-    other = run_cli([*FAST, "logger=none", "trainer.max_steps=3", "model.base_channels=8"], tmp_path)
+    other = run_entry("train", [*FAST, "logger=none", "trainer.max_steps=3", "model.base_channels=8"], tmp_path)
     assert other.returncode == 0, other.stderr[-3000:]
-    resumed = run_cli([*FAST, "logger=none", "trainer.max_steps=4", "ckpt_path=last"], tmp_path)
+    resumed = run_entry("train", [*FAST, "logger=none", "trainer.max_steps=4", "ckpt_path=last"], tmp_path)
     assert resumed.returncode == 0 and f"Resuming from {tiny_dir}" in resumed.stdout + resumed.stderr
-    none = run_cli([*FAST, "logger=none", "model.base_channels=24", "ckpt_path=last"], tmp_path)
+    none = run_entry("train", [*FAST, "logger=none", "model.base_channels=24", "ckpt_path=last"], tmp_path)
     line = _one_error_line(none)
     assert "none of the 3 earlier run(s)" in line and "model.base_channels: checkpoint 16, this run 24" in line
 
 
 def test_ckpt_path_last_without_runs_is_one_message(tmp_path):
-    proc = run_cli([*FAST, "logger=none", "ckpt_path=last"], tmp_path)
+    proc = run_entry("train", [*FAST, "logger=none", "ckpt_path=last"], tmp_path)
     assert proc.returncode == 2 and "no earlier last.ckpt" in proc.stderr
