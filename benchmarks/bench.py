@@ -107,7 +107,7 @@ def build_ours(mode: str, model: str = "unet_base"):
 
     # one training step, in the order Trainer.fit runs it; EMA: a steady-state update (decay ema_decay)
     parts = [("forward", forward), ("backward", lambda: state["loss"].backward()), ("clip", clip),
-             ("optimizer", optimizer), ("ema", lambda: module.update_ema(1))]
+             ("optimizer", optimizer), ("ema", lambda: module.ema.step(module.net, 1))]
 
     def step(x: torch.Tensor) -> torch.Tensor:
         state["x"] = x

@@ -43,7 +43,7 @@ def check(data: str, n_real: int = 1000, n_fake: int = 256) -> None:
         for p in module.net.parameters():
             p.add_(0.02 * torch.randn_like(p))
         module.ema.module.load_state_dict(module.net.state_dict())
-    metrics.update(module.sample(n_fake, seed=0).images)
+    metrics.update(module.pipeline().sample(n_fake, seed=0).images)
     untrained = metrics.compute(n_fake)
     print(f"{data}: held-out real {real}  untrained network {untrained}", flush=True)
 

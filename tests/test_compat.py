@@ -12,7 +12,7 @@ import torch
 
 from ddpm.core.samplers import DDIMSampler, DPMSolverSampler, EDMSampler
 from ddpm.io.checkpoint import read_checkpoint
-from ddpm.io.compat import TARGETS, instantiate, upgrade_target, upgrade_targets
+from ddpm.io.compat import TARGETS, instantiate, upgrade_run_config, upgrade_target
 from ddpm.pipeline import SamplingPipeline
 from ddpm.tasks.config import compose
 from tests.conftest import CONF
@@ -29,6 +29,17 @@ def test_the_old_checkpoint_names_the_old_paths():
         "ddpm.unet.UNet", "ddpm.schedules.linear_betas", "ddpm.samplers.AncestralSampler")
     with pytest.raises(ModuleNotFoundError):
         __import__("ddpm.unet")
+
+
+def test_the_objectives_old_module_keys_become_the_objective_group():
+    from ddpm.io.compat import upgrade_hparams
+
+    hp = read_checkpoint(CKPT)["hyper_parameters"]
+    assert hp["loss"] == "simple" and "objective" not in hp  # written when they were module keys
+    new = upgrade_hparams(hp)
+    assert new["objective"] == {"loss": "simple", "vlb_weight": 0.001, "timestep_sampler": "uniform",
+                                "loss_aware": {"history_per_term": 10, "uniform_prob": 0.001}, "cond_drop_prob": 0.0}
+    assert not set(new) & {"loss", "vlb_weight", "timestep_sampler", "loss_aware", "cond_drop_prob"}
 
 
 def test_every_old_target_resolves_to_an_object_of_the_same_name():
@@ -78,12 +89,13 @@ def test_the_old_checkpoint_loads_into_the_lightning_module():
 
     module = DiffusionModule.load_from_checkpoint(CKPT, map_location="cpu")
     ref = torch.load(RUN / "samples.pt", weights_only=True)
-    assert torch.equal(module.sample(4, seed=0).images, ref["chain_ancestral"])
+    assert module.objective.config.loss == "simple" and module.hparams.objective["vlb_weight"] == 0.001
+    assert torch.equal(module.pipeline().sample(4, seed=0).images, ref["chain_ancestral"])
 
 
 def test_composed_configs_are_those_of_before_the_move_key_by_key():
-    """Every config option and experiment composed today equals its composition by the old code once the old
-    `_target_`s are read through the table (paths and Hydra's own node aside)."""
+    """Every config option and experiment composed today equals its composition by the old code once read through
+    `upgrade_run_config` (old `_target_`s, the objective's old module keys; paths and Hydra's own node aside)."""
     from omegaconf import OmegaConf, open_dict
 
     old = json.loads((FIXTURES / "composed_v0.json").read_text())
@@ -95,4 +107,4 @@ def test_composed_configs_are_those_of_before_the_move_key_by_key():
             cfg.paths.output_dir = "OUT"
         now = OmegaConf.to_container(cfg, resolve=True)
         now.pop("hydra", None), now.pop("paths", None)
-        assert now == upgrade_targets(before), key
+        assert now == upgrade_run_config(before), key

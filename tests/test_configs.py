@@ -9,7 +9,7 @@ from hydra.utils import instantiate
 from ddpm.core.diffusion import GaussianDiffusion
 from tests.conftest import CONF, compose
 
-GROUPS = ["scheduler", "model", "data", "sampler", "trainer", "perf", "logger", "callbacks", "experiment"]
+GROUPS = ["scheduler", "model", "data", "sampler", "objective", "trainer", "perf", "logger", "callbacks", "experiment"]
 
 
 def options(group: str) -> list[str]:

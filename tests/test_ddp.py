@@ -56,8 +56,8 @@ def test_ddp_ranks_draw_independent_noise_and_resume_exactly(tmp_path):
 def test_ddp_loss_aware_history_holds_the_losses_of_both_ranks(tmp_path):
     """Every rank updates its history with all ranks' losses (all_gather): after 10 steps of 2 x 32 samples the
     checkpointed history counts 640 losses, not rank 0's 320."""
-    ckpt = load(train(tmp_path, "module.loss=vlb", "module.timestep_sampler=loss_aware",
-                      "module.loss_aware.history_per_term=100") / "last.ckpt")
+    ckpt = load(train(tmp_path, "objective.loss=vlb", "objective.timestep_sampler=loss_aware",
+                      "objective.loss_aware.history_per_term=100") / "last.ckpt")
     assert int(ckpt["state_dict"]["timestep_sampler.loss_count"].sum()) == 10 * 2 * 32
 
 

@@ -136,7 +136,7 @@ def _pipeline_folder(tmp_path):
 def test_exported_folder_samples_in_diffusers_what_our_sampler_samples(tmp_path, variance):
     """DDPMPipeline.from_pretrained(DIR): its scheduler's ancestral steps and ours, from the same noise (float64),
     agree to float32 rounding of the betas (diffusers keeps them in float32)."""
-    extra = ["module.vlb_weight=0.001"] if variance == "learned_range" else []
+    extra = ["objective.vlb_weight=0.001"] if variance == "learned_range" else []
     out = _export(_checkpoint(tmp_path, f"module.variance_type={variance}", *extra), tmp_path / "exported")
     pipe = diffusers.DDPMPipeline.from_pretrained(out)
     ours = SamplingPipeline.from_checkpoint(out)

@@ -61,7 +61,7 @@ def workdir(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("docs")
     train(train_config([], root / "run"))
-    train(train_config(["model.num_classes=10", "module.cond_drop_prob=0.1"], root / "conditional"))
+    train(train_config(["model.num_classes=10", "objective.cond_drop_prob=0.1"], root / "conditional"))
     return root, root / "run" / "checkpoints" / "last.ckpt"
 
 

@@ -60,11 +60,12 @@ def test_compiled_sampling_matches_eager(batch):
 
     plain, fast = make(), make(compile=True)
     fast.load_state_dict(plain.state_dict())
-    torch.testing.assert_close(fast.sample(4, seed=3).images, plain.sample(4, seed=3).images, rtol=0, atol=1e-4)
+    torch.testing.assert_close(fast.pipeline().sample(4, seed=3).images, plain.pipeline().sample(4, seed=3).images,
+                               rtol=0, atol=1e-4)
     for sampler in (DDIMSampler(plain.diffusion, num_steps=5, eta=1.0), DPMSolverSampler(plain.diffusion, num_steps=5)):
         sampler.progress = False
-        torch.testing.assert_close(fast.sample(4, seed=3, sampler=sampler).images,
-                                   plain.sample(4, seed=3, sampler=sampler).images, rtol=0, atol=1e-4)
+        torch.testing.assert_close(fast.pipeline().with_sampler(sampler).sample(4, seed=3).images,
+                                   plain.pipeline().with_sampler(sampler).sample(4, seed=3).images, rtol=0, atol=1e-4)
 
 
 def test_bf16_autocast_loss_is_close(batch):
@@ -72,7 +73,8 @@ def test_bf16_autocast_loss_is_close(batch):
     with torch.autocast("cpu", dtype=torch.bfloat16):
         low = loss_of(m, *batch)
     assert abs(low.item() - loss_of(m, *batch).item()) < 3e-2
-    assert make(sample_precision="bf16").sample(2, seed=0).images.dtype == torch.float32  # the chain stays fp32
+    drawn = make(sample_precision="bf16").pipeline().sample(2, seed=0)
+    assert drawn.images.dtype == torch.float32  # the chain stays fp32
 
 
 def test_gradient_clipping_clips_to_the_float64_norm_and_logs_the_norm_before_clipping():
@@ -138,7 +140,7 @@ def test_ema_follows_the_float64_recurrence(warmup):
             for p in m.net.parameters():
                 p.copy_(torch.randn(p.shape, generator=g))
         weights = [p.detach().double().clone() for p in m.net.parameters()]
-        m.update_ema(step)
+        m.ema.step(m.net, step)
         d = min(0.9, (1 + step) / (10 + step)) if warmup else 0.9
         reference = weights if reference is None else [d * r + (1 - d) * w for r, w in zip(reference, weights)]
         if step == 0:

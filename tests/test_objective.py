@@ -121,15 +121,15 @@ def test_uniform_sampler_draws_as_before():
 
 
 def test_bad_settings_say_what_to_set():
-    with pytest.raises(ValueError, match="module.loss must be one of"):
+    with pytest.raises(ValueError, match="objective.loss must be one of"):
         check_objective(Parametrization.of("eps", "fixedlarge"), "kl", 0.001, "uniform", None, 0.0)
-    with pytest.raises(ValueError, match="module.timestep_sampler must be one of"):
+    with pytest.raises(ValueError, match="objective.timestep_sampler must be one of"):
         check_objective(Parametrization.of("eps", "fixedlarge"), "vlb", 0.001, "importance", None, 0.0)
-    with pytest.raises(ValueError, match="module.loss=vlb"):
+    with pytest.raises(ValueError, match="objective.loss=vlb"):
         check_objective(Parametrization.of("eps", "learned_range"), "simple", 0.0, "uniform", None, 0.0)
     learned = Parametrization.of("eps", "learned_range")
     check_objective(learned, "vlb", 0.0, "loss_aware", None, 0.0)  # L_vlb alone needs no lambda
-    with pytest.raises(ValueError, match="module.loss_aware"):
+    with pytest.raises(ValueError, match="objective.loss_aware"):
         build_timestep_sampler("loss_aware", 10, None)
     with pytest.raises(ValueError, match="uniform_prob"):
         build_timestep_sampler("loss_aware", 10, {"history_per_term": 10, "uniform_prob": 0.0})
@@ -172,12 +172,13 @@ def test_the_objective_object_weights_gathers_and_splits_by_quarter():
     net = _Net(1)
     x0 = torch.rand(16, 1, 4, 4) * 2 - 1
     torch.manual_seed(0)
-    out = Objective(d, "simple", 0.0, "uniform", None, 0.0, None, None)(net, x0, None)
+    out = Objective(d, {"loss": "simple", "vlb_weight": 0.0}, None, None)(net, x0, None)
     assert torch.allclose(out.loss, out.losses.mean()) and out.parts == {}
-    aware = Objective(d, "vlb", 0.0, "loss_aware", {"history_per_term": 4, "uniform_prob": 0.001}, 0.0, None, None)
+    aware = Objective(d, {"loss": "vlb", "vlb_weight": 0.0, "timestep_sampler": "loss_aware",
+                                "loss_aware": {"history_per_term": 4, "uniform_prob": 0.001}}, None, None)
     aware(net, x0, None, gather=lambda v: torch.cat([v, v]))
     assert int(aware.timestep_sampler.loss_count.sum()) <= 2 * 16 and int(aware.timestep_sampler.loss_count.sum()) > 16
     manual = TrainingLoss(torch.tensor(0.0), torch.tensor([1.0, 2.0, 3.0, 5.0]), torch.tensor([0, 9, 10, 39]), {})
     assert manual.by_quarter(40) == {0: (1.5, 2), 1: (3.0, 1), 3: (5.0, 1)}
-    with pytest.raises(ValueError, match="module.timestep_sampler must be one of"):
-        Objective(d, "simple", 0.0, "importance", None, 0.0, None, None)
+    with pytest.raises(ValueError, match="objective.timestep_sampler must be one of"):
+        Objective(d, {"timestep_sampler": "importance"}, None, None)

@@ -86,21 +86,21 @@ def test_checkpoint_reloads_and_samples(trained):
     module = DiffusionModule.load_from_checkpoint(out / "checkpoints" / "last.ckpt", map_location="cpu",
                                                   weights_only=True)
     module.sampler.progress = False
-    a = module.sample(4, seed=1).images
-    b = module.sample(4, seed=1).images
+    a = module.pipeline().sample(4, seed=1).images
+    b = module.pipeline().sample(4, seed=1).images
     assert a.shape == (4, 1, 8, 8) and torch.equal(a, b)
     assert a.min() >= -1.5 and torch.isfinite(a).all()
 
 
 def test_checkpoint_from_before_learned_variance_and_guidance_samples_unchanged(trained, tmp_path):
-    """A checkpoint saved before prediction / vlb_weight / cond_drop_prob / model.num_classes existed (its
+    """A checkpoint saved before prediction / the objective's settings / model.num_classes existed (its
     hyperparameters lack them) loads with DDPM's defaults and samples exactly what today's checkpoint samples."""
     _, out = trained
     ckpt = torch.load(out / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
-    assert {"prediction", "vlb_weight", "cond_drop_prob"} <= set(ckpt["hyper_parameters"])
+    assert {"prediction", "objective"} <= set(ckpt["hyper_parameters"])
     assert "num_classes" in ckpt["hyper_parameters"]["model"]
     old = dict(ckpt, hyper_parameters={k: v for k, v in ckpt["hyper_parameters"].items()
-                                       if k not in ("prediction", "vlb_weight", "cond_drop_prob")})
+                                       if k not in ("prediction", "objective")})
     old["hyper_parameters"]["model"] = {k: v for k, v in old["hyper_parameters"]["model"].items() if k != "num_classes"}
     torch.save(old, tmp_path / "old.ckpt")
     now, before = (DiffusionModule.load_from_checkpoint(p, map_location="cpu", weights_only=True)
@@ -108,10 +108,10 @@ def test_checkpoint_from_before_learned_variance_and_guidance_samples_unchanged(
     assert before.num_classes is None and before.diffusion.prediction == "eps"
     assert before.diffusion.variance_type == now.diffusion.variance_type == "fixedlarge"
     now.sampler.progress = before.sampler.progress = False
-    assert torch.equal(now.sample(4, seed=3).images, before.sample(4, seed=3).images)
+    assert torch.equal(now.pipeline().sample(4, seed=3).images, before.pipeline().sample(4, seed=3).images)
     pipeline = SamplingPipeline.from_checkpoint(tmp_path / "old.ckpt")  # no Lightning: the same samples
     pipeline.sampler.progress = False
-    assert torch.equal(pipeline.sample(4, seed=3).images, now.sample(4, seed=3).images)
+    assert torch.equal(pipeline.sample(4, seed=3).images, now.pipeline().sample(4, seed=3).images)
 
 
 def test_pipeline_from_checkpoint_samples_what_the_module_samples(trained):
@@ -128,12 +128,12 @@ def test_pipeline_from_checkpoint_samples_what_the_module_samples(trained):
     ddim = DDIMSampler(pipeline.diffusion, num_steps=5, progress=False)
     steps = []
     drawn = pipeline.with_sampler(ddim).sample(3, seed=2, callback=steps.append)
-    assert torch.equal(drawn.images, module.sample(3, seed=2, sampler=ddim).images)
+    assert torch.equal(drawn.images, module.pipeline().with_sampler(ddim).sample(3, seed=2).images)
     assert [s["i"] for s in steps] == list(range(5)) and [s["t"] for s in steps] == ddim.timesteps
     assert torch.equal(steps[-1]["x"], drawn.images) and steps[0]["denoised"].shape == drawn.images.shape
     trained_net = SamplingPipeline.from_checkpoint(path, use_ema=False)
     trained_net.sampler.progress = False
-    assert torch.equal(trained_net.sample(2, seed=1).images, module.sample(2, seed=1, use_ema=False).images)
+    assert torch.equal(trained_net.sample(2, seed=1).images, module.pipeline(use_ema=False).sample(2, seed=1).images)
 
 
 def test_resume_from_last_ckpt_continues_steps(trained, tmp_path):
@@ -189,8 +189,8 @@ def test_bad_input_is_one_clear_message(tmp_path, args, message):
         (["optimizer.lr=nan"], "optimizer.lr must be a finite positive number, got nan"),
         (["optimizer.lr=-1"], "optimizer.lr must be a finite positive number, got -1"),
         (["callbacks.sample_eval.fid_samples=-3"], "callbacks.sample_eval.fid_samples must be an integer >= 0"),
-        (["module.loss=kl"], "module.loss must be one of"),
-        (["module.timestep_sampler=importance"], "module.timestep_sampler must be one of"),
+        (["objective.loss=kl"], "objective.loss must be one of"),
+        (["objective.timestep_sampler=importance"], "objective.timestep_sampler must be one of"),
     ],
 )
 def test_bad_config_value_is_refused_before_training(tmp_path, args, message):
@@ -311,8 +311,8 @@ def test_train_in_process_returns_metrics(tmp_path):
 def test_vlb_loss_with_loss_aware_timesteps_trains_and_checkpoints_its_history(tmp_path):
     """L_vlb alone with importance-sampled t: the history fills (2 losses for each of 50 t), is saved in the
     checkpoint (restored with the weights), and the run resumes from it."""
-    args = [*FAST, "logger=none", "module.variance_type=learned_range", "module.loss=vlb",
-            "module.timestep_sampler=loss_aware", "module.loss_aware.history_per_term=2",
+    args = [*FAST, "logger=none", "module.variance_type=learned_range", "objective.loss=vlb",
+            "objective.timestep_sampler=loss_aware", "objective.loss_aware.history_per_term=2",
             "trainer.val_check_interval=6", "callbacks.model_checkpoint.every_n_train_steps=6"]
     metrics = train(compose([*args, "trainer.max_steps=6"], output_dir=tmp_path / "a"))
     assert math.isfinite(metrics["train/loss"]) and math.isfinite(metrics["val/loss"])
@@ -321,7 +321,7 @@ def test_vlb_loss_with_loss_aware_timesteps_trains_and_checkpoints_its_history(t
     assert torch.equal(state["timestep_sampler.loss_count"], torch.full((50,), 2))
     assert state["timestep_sampler.loss_history"].gt(0).all()  # L_t > 0 at every t
     module = DiffusionModule.load_from_checkpoint(tmp_path / "a" / "checkpoints" / "last.ckpt", weights_only=True)
-    assert module.hparams.loss == "vlb" and module.timestep_sampler.probabilities().std() > 0
+    assert module.hparams.objective["loss"] == "vlb" and module.timestep_sampler.probabilities().std() > 0
     train(compose([*args, "trainer.max_steps=8", f"ckpt_path={tmp_path / 'a' / 'checkpoints' / 'last.ckpt'}"],
                   output_dir=tmp_path / "b"))
     resumed = torch.load(tmp_path / "b" / "checkpoints" / "last.ckpt", weights_only=True)

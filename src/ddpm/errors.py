@@ -13,3 +13,7 @@ class UserError(Exception):
 
 class ConfigError(UserError, ValueError):
     """The composed config can't produce a valid run."""
+
+
+class NonFiniteLossError(UserError, RuntimeError):
+    """Training produced a NaN/inf loss; raised before the step is applied or checkpointed."""

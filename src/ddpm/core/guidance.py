@@ -23,7 +23,7 @@ from ddpm.core.diffusion import EpsModel
 def drop_labels(labels: Tensor, null_label: int, p: float, generator: torch.Generator | None = None) -> Tensor:
     """Each label replaced by `null_label` with probability p, independently (label dropout for training)."""
     if not 0.0 <= p <= 1.0:
-        raise ValueError(f"module.cond_drop_prob must be in [0, 1], got {p}")
+        raise ValueError(f"objective.cond_drop_prob must be in [0, 1], got {p}")
     drop = torch.rand(labels.shape, device=labels.device, generator=generator) < p
     return torch.where(drop, torch.full_like(labels, null_label), labels)
 

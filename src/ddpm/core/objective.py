@@ -15,8 +15,9 @@ weight 1. Under DDP every rank updates with the losses of all ranks, so all draw
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Callable
+import math
+from dataclasses import dataclass, fields
+from typing import Any, Callable, Mapping
 
 import torch
 from torch import Tensor, nn
@@ -24,25 +25,51 @@ from torch import Tensor, nn
 from ddpm.core.guidance import conditional, drop_labels
 from ddpm.core.likelihood import EpsModel, vlb_terms_bpd
 from ddpm.core.parametrization import Parametrization
+from ddpm.errors import NonFiniteLossError
 
 LOSSES = ("simple", "vlb")
 TIMESTEP_SAMPLERS = ("uniform", "loss_aware")
+
+
+@dataclass(frozen=True)
+class ObjectiveConfig:
+    """The `objective` config group, handed whole to `Objective`: which loss (simple: L_simple, with a learned
+    variance L_hybrid = L_simple + vlb_weight T L_t; vlb: L_vlb alone), how t is drawn (uniform | loss_aware, with
+    `loss_aware`'s history_per_term and uniform_prob), and the label dropout of classifier-free guidance. The
+    defaults are DDPM's, and those of checkpoints saved before these settings existed (`io/compat.py`)."""
+
+    loss: str = "simple"
+    vlb_weight: float = 0.001
+    timestep_sampler: str = "uniform"
+    loss_aware: Mapping[str, Any] | None = None
+    cond_drop_prob: float = 0.0
+
+    @classmethod
+    def of(cls, config: ObjectiveConfig | Mapping[str, Any] | None) -> ObjectiveConfig:
+        """From the config group's plain dict (unknown keys are an error naming them)."""
+        if isinstance(config, cls):
+            return config
+        config = dict(config or {})
+        unknown = sorted(set(config) - {f.name for f in fields(cls)})
+        if unknown:
+            raise ValueError(f"objective: unknown key(s) {unknown}; known: {[f.name for f in fields(cls)]}")
+        return cls(**config)
 
 
 def check_objective(parametrization: Parametrization, loss: str, vlb_weight: float, timestep_sampler: str,
                     num_classes: int | None, cond_drop_prob: float) -> None:
     """ValueError for settings that would train nothing or silently ignore a part."""
     if loss not in LOSSES:
-        raise ValueError(f"module.loss must be one of {LOSSES}, got {loss!r}")
+        raise ValueError(f"objective.loss must be one of {LOSSES}, got {loss!r}")
     if timestep_sampler not in TIMESTEP_SAMPLERS:
-        raise ValueError(f"module.timestep_sampler must be one of {TIMESTEP_SAMPLERS}, got {timestep_sampler!r}")
+        raise ValueError(f"objective.timestep_sampler must be one of {TIMESTEP_SAMPLERS}, got {timestep_sampler!r}")
     if parametrization.variance.learned and loss == "simple" and not vlb_weight > 0:
         raise ValueError(f"module.variance_type={parametrization.variance.name} trains the variance through L_vlb "
-                         "only: set module.vlb_weight > 0 (Improved DDPM: 0.001), or module.loss=vlb")
+                         "only: set objective.vlb_weight > 0 (Improved DDPM: 0.001), or objective.loss=vlb")
     if cond_drop_prob and num_classes is None:
-        raise ValueError("module.cond_drop_prob needs a class-conditional model: set model.num_classes")
+        raise ValueError("objective.cond_drop_prob needs a class-conditional model: set model.num_classes")
     if not 0.0 <= cond_drop_prob <= 1.0:
-        raise ValueError(f"module.cond_drop_prob must be in [0, 1], got {cond_drop_prob}")
+        raise ValueError(f"objective.cond_drop_prob must be in [0, 1], got {cond_drop_prob}")
 
 
 def uniform_timesteps(num_timesteps: int, batch_size: int, device: torch.device,
@@ -57,7 +84,7 @@ def training_terms(diffusion, model: EpsModel, x0: Tensor, t: Tensor | None = No
     "simple": mse, with a learned variance + vlb_weight T vlb, the mean frozen in vlb (L_hybrid; 0.001 gives
     improved-diffusion's T / 1000, once); "vlb": T vlb, nothing frozen (improved-diffusion's rescaled KL)."""
     if loss not in LOSSES:
-        raise ValueError(f"module.loss must be one of {LOSSES}, got {loss!r}")
+        raise ValueError(f"objective.loss must be one of {LOSSES}, got {loss!r}")
     d, param = diffusion, diffusion.parametrization
     t = uniform_timesteps(d.num_timesteps, x0.shape[0], x0.device) if t is None else t
     noise = torch.randn_like(x0) if noise is None else noise
@@ -111,9 +138,9 @@ class LossSecondMomentTimesteps(UniformTimesteps):
     def __init__(self, num_timesteps: int, history_per_term: int, uniform_prob: float) -> None:
         super().__init__(num_timesteps)
         if int(history_per_term) < 1:
-            raise ValueError(f"module.loss_aware.history_per_term must be >= 1, got {history_per_term}")
+            raise ValueError(f"objective.loss_aware.history_per_term must be >= 1, got {history_per_term}")
         if not 0.0 < uniform_prob <= 1.0:
-            raise ValueError(f"module.loss_aware.uniform_prob must be in (0, 1], got {uniform_prob}")
+            raise ValueError(f"objective.loss_aware.uniform_prob must be in (0, 1], got {uniform_prob}")
         self.uniform_prob = float(uniform_prob)
         T, H = self.num_timesteps, int(history_per_term)
         self.register_buffer("loss_history", torch.zeros(T, H, dtype=torch.float64))  # ring buffer per t
@@ -155,12 +182,12 @@ class LossSecondMomentTimesteps(UniformTimesteps):
 
 
 def build_timestep_sampler(name: str, num_timesteps: int, loss_aware: dict | None) -> UniformTimesteps:
-    """The sampler `module.timestep_sampler` names; loss_aware takes `module.loss_aware`'s numbers."""
+    """The sampler `objective.timestep_sampler` names; loss_aware takes `objective.loss_aware`'s numbers."""
     if name == "uniform":
         return UniformTimesteps(num_timesteps)
     if not loss_aware:
-        raise ValueError("module.timestep_sampler=loss_aware needs module.loss_aware "
-                         "(history_per_term, uniform_prob: conf/train.yaml)")
+        raise ValueError("objective.timestep_sampler=loss_aware needs objective.loss_aware "
+                         "(history_per_term, uniform_prob: conf/objective/ddpm.yaml)")
     return LossSecondMomentTimesteps(num_timesteps, **loss_aware)
 
 
@@ -188,13 +215,15 @@ class Objective:
     checked here, once, before anything is built. The LightningModule registers `timestep_sampler` as its submodule
     (its history is checkpointed there); this object is plain and only holds references."""
 
-    def __init__(self, diffusion, loss: str, vlb_weight: float, timestep_sampler: str, loss_aware: dict | None,
-                 cond_drop_prob: float, num_classes: int | None, null_label: int | None) -> None:
-        check_objective(diffusion.parametrization, loss, float(vlb_weight), timestep_sampler, num_classes,
-                        float(cond_drop_prob))
+    def __init__(self, diffusion, config: ObjectiveConfig | Mapping[str, Any] | None, num_classes: int | None,
+                 null_label: int | None) -> None:
+        c = self.config = ObjectiveConfig.of(config)
+        check_objective(diffusion.parametrization, c.loss, float(c.vlb_weight), c.timestep_sampler, num_classes,
+                        float(c.cond_drop_prob))
         self.diffusion = diffusion
-        self.timestep_sampler = build_timestep_sampler(timestep_sampler, diffusion.num_timesteps, loss_aware)
-        self.loss, self.vlb_weight, self.cond_drop_prob = loss, float(vlb_weight), float(cond_drop_prob)
+        self.timestep_sampler = build_timestep_sampler(c.timestep_sampler, diffusion.num_timesteps,
+                                                       dict(c.loss_aware) if c.loss_aware else None)
+        self.loss, self.vlb_weight, self.cond_drop_prob = c.loss, float(c.vlb_weight), float(c.cond_drop_prob)
         self.null_label = null_label
 
     def __call__(self, net: nn.Module, images: Tensor, labels: Tensor | None,
@@ -211,3 +240,14 @@ class Objective:
         loss = (losses if weights is None else losses * weights).mean()
         parts = {k: terms[k] for k in ("mse", "vlb")} if "vlb" in terms else {}
         return TrainingLoss(loss=loss, losses=losses, t=t, parts=parts)
+
+
+def finite_loss(loss: Tensor, step: int) -> float:
+    """The loss as a float (this waits for the device), or NonFiniteLossError naming the step and what to change:
+    a NaN or infinite loss stops the run before it is applied or checkpointed, so the last checkpoint stays good."""
+    value = loss.item()
+    if not math.isfinite(value):
+        raise NonFiniteLossError(
+            f"training loss is {value} at step {step}; the last checkpoint is kept. Lower optimizer.lr, keep gradient "
+            "clipping on, use bf16-mixed rather than 16-mixed, and check that the data lies in [-1, 1].")
+    return value

@@ -7,7 +7,7 @@ images, flipped the same way, whatever the number of loader workers.
 
 from __future__ import annotations
 
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import torch
 from torch import Tensor
@@ -83,3 +83,8 @@ class Flipped(Dataset):
         x = image_of(item)
         x = x.flip(-1) if flip else x
         return (x, label_of(item)) if self.labels else x
+
+
+def unpack_batch(batch: Tensor | Sequence[Tensor]) -> tuple[Tensor, Tensor | None]:
+    """Batches are images (B, C, H, W), or (images, labels (B,)) for a conditional model (checked at setup)."""
+    return (batch[0], batch[1]) if isinstance(batch, (tuple, list)) else (batch, None)

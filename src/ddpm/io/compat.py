@@ -13,10 +13,9 @@ import importlib
 from typing import Any, Mapping
 
 PERF_KEYS = ("compile", "compile_mode", "channels_last", "fused_optimizer", "sample_precision")
-MODULE_DEFAULTS = {  # keys added after the first checkpoints: their values then (DDPM's)
-    "prediction": "eps", "vlb_weight": 0.001, "cond_drop_prob": 0.0, "loss": "simple",
-    "timestep_sampler": "uniform", "loss_aware": None,
-}
+MODULE_DEFAULTS = {"prediction": "eps"}  # keys added after the first checkpoints: their values then (DDPM's)
+# the objective's settings, module keys until they became the `objective` group; absent: DDPM's (ObjectiveConfig)
+OBJECTIVE_KEYS = ("loss", "vlb_weight", "timestep_sampler", "loss_aware", "cond_drop_prob")
 OLD_DATA_KEYS = ("on_device", "on_device_max_gib")  # data-module keys the perf group holds now
 # import paths stored by runs before the package was grouped into layers -> today's; a key ending in "." maps every
 # member of that module, any other key one name
@@ -76,14 +75,34 @@ def legacy_perf(hparams: dict[str, Any]) -> dict[str, Any] | None:
             "sample_precision": "32", **old, "data_on_device": False, "data_on_device_max_gib": 0.0}
 
 
+def legacy_objective(hparams: dict[str, Any]) -> dict[str, Any]:
+    """The objective config of a checkpoint saved when its settings were module keys (removed from `hparams`
+    here); {} (DDPM's defaults) for one saved before they existed."""
+    return {k: hparams.pop(k) for k in OBJECTIVE_KEYS if k in hparams}
+
+
 def upgrade_hparams(hparams: dict[str, Any]) -> dict[str, Any]:
-    """A checkpoint's module hyperparameters in today's form: perf as a group, later keys at their old values."""
+    """A checkpoint's module hyperparameters in today's form: perf and objective as groups, moved `_target_`s,
+    later keys at their old values."""
     hparams = upgrade_targets(dict(hparams))
     if hparams.get("perf") is None:
         hparams["perf"] = legacy_perf(hparams)
     for key in PERF_KEYS:
         hparams.pop(key, None)
+    old = legacy_objective(hparams)
+    hparams["objective"] = hparams.get("objective") or old
     return {**MODULE_DEFAULTS, **hparams}
+
+
+def upgrade_run_config(cfg: dict[str, Any]) -> dict[str, Any]:
+    """A run's resolved config.yaml (plain) in today's form: moved `_target_`s, the objective's module keys in
+    the `objective` group."""
+    cfg = upgrade_targets(cfg)
+    module = dict(cfg.get("module") or {})
+    if "objective" not in cfg and any(k in module for k in OBJECTIVE_KEYS):
+        cfg["objective"] = legacy_objective(module)
+        cfg["module"] = module
+    return cfg
 
 
 def upgrade_data_config(data: Mapping[str, Any] | None) -> dict[str, Any] | None:

@@ -29,6 +29,15 @@ class EMA(AveragedModel):
     every step. Here the caller passes the decay as a host float (0 on the first update: a copy) and the
     lerp is the same foreach kernel; `n_averaged` still counts, on the device."""
 
+    def __init__(self, model: torch.nn.Module, decay: float, warmup: bool) -> None:
+        """decay: the EMA decay (DDPM: 0.9999); warmup: ramp it as `ema_decay_at` says. Buffers are averaged too."""
+        super().__init__(model, use_buffers=True)
+        self.decay, self.warmup = float(decay), bool(warmup)
+
+    def step(self, model: torch.nn.Module, step: int) -> None:
+        """Move towards `model` after optimizer step `step` (0-based): the first update copies it."""
+        self.update_parameters(model, ema_decay_at(step, self.decay, self.warmup))
+
     def update_parameters(self, model: torch.nn.Module, decay: float) -> None:  # type: ignore[override]
         update = get_ema_multi_avg_fn(decay)  # no_grad inside: the tensors need no detach
         for ema_tensors, model_tensors in self._tensor_lists(model):

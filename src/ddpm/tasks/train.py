@@ -67,6 +67,7 @@ def build_module(cfg: DictConfig):
             optimizer=to_plain(cfg.optimizer),
             image_shape=[cfg.data.channels, cfg.data.image_size, cfg.data.image_size],
             perf=to_plain(cfg.perf),
+            objective=to_plain(cfg.objective),
             **to_plain(cfg.module),
         )
     except (ValueError, TypeError, InstantiationException) as err:

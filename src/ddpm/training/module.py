@@ -9,7 +9,6 @@ and saves exactly those as hyperparameters, so a checkpoint loads with `torch.lo
 
 from __future__ import annotations
 
-import math
 from functools import cached_property
 from typing import Any, Sequence
 
@@ -17,21 +16,16 @@ import lightning.pytorch as pl
 import torch
 from torch import Tensor
 
-from ddpm.core.guidance import check_labels, conditional
-from ddpm.core.objective import Objective, training_losses, uniform_timesteps
-from ddpm.core.samplers import SampleOutput, Sampler
-from ddpm.errors import UserError
+from ddpm.core.guidance import conditional
+from ddpm.core.objective import Objective, finite_loss, training_losses, uniform_timesteps
+from ddpm.data.order import unpack_batch
 from ddpm.io.compat import MODULE_DEFAULTS as OLD
-from ddpm.io.compat import instantiate, legacy_perf
-from ddpm.nn.ema import EMA, ema_decay_at
+from ddpm.io.compat import instantiate, legacy_objective, legacy_perf
+from ddpm.nn.ema import EMA
 from ddpm.pipeline import SamplingPipeline, build_network
 from ddpm.runtime.perf import ExecutionPlan, resolve_plan
 from ddpm.training.optim import build_optimizer, clip_gradients
 from ddpm.training.resume import ExactResume
-
-
-class NonFiniteLossError(UserError, RuntimeError):
-    """Training produced a NaN/inf loss; raised before the step is applied or checkpointed."""
 
 
 class DiffusionModule(pl.LightningModule):
@@ -39,27 +33,25 @@ class DiffusionModule(pl.LightningModule):
                  optimizer: dict[str, Any], image_shape: Sequence[int], variance_type: str, lr_warmup_steps: int,
                  ema_decay: float, ema_warmup: bool, val_seed: int, check_every_n_steps: int,
                  perf: dict[str, Any] | None = None, prediction: str = OLD["prediction"],
-                 vlb_weight: float = OLD["vlb_weight"], cond_drop_prob: float = OLD["cond_drop_prob"],
-                 loss: str = OLD["loss"], timestep_sampler: str = OLD["timestep_sampler"],
-                 loss_aware: dict[str, Any] | None = OLD["loss_aware"], **legacy: Any) -> None:
+                 objective: dict[str, Any] | None = None, **legacy: Any) -> None:
         """perf: the `perf` config group (None: eager fp32). check_every_n_steps: how often the loss is checked
         for NaN and the per-quarter losses are logged (each check waits for the GPU); 0 never. prediction: eps | x0
-        | v; vlb_weight: lambda of L_hybrid, used with a learned variance only; cond_drop_prob: label dropout of
-        a conditional model; loss, timestep_sampler, loss_aware: see `objective.py`. The defaults are the values
-        of checkpoints saved before these keys existed (`compat.py`)."""
+        | v; objective: the `objective` config group (`core/objective.py`). The defaults are the values of
+        checkpoints saved before these keys existed; older checkpoints' module-level keys are read by
+        `io/compat.py`."""
         super().__init__()
         perf = perf if perf is not None else legacy_perf(legacy)  # checkpoints saved before the perf group
+        objective = objective if objective is not None else legacy_objective(legacy)  # ... before its group
         if legacy:
             raise TypeError(f"DiffusionModule got unexpected arguments {sorted(legacy)}")
         self.save_hyperparameters()
-        self.hparams["perf"] = perf
+        self.hparams["perf"], self.hparams["objective"] = perf, objective
         self.diffusion, self.net, self.hparams["model"] = build_network(model, scheduler, image_shape, variance_type,
                                                                         prediction)
-        self.objective = Objective(self.diffusion, loss, vlb_weight, timestep_sampler, loss_aware, cond_drop_prob,
-                                   self.num_classes, getattr(self.net, "null_label", None))
+        self.objective = Objective(self.diffusion, objective, self.num_classes, getattr(self.net, "null_label", None))
         self.timestep_sampler = self.objective.timestep_sampler  # a submodule: its history is checkpointed
         # part of state_dict: checkpointed and restored with the network, used for every sample
-        self.ema = EMA(self.net, use_buffers=True).requires_grad_(False)
+        self.ema = EMA(self.net, ema_decay, ema_warmup).requires_grad_(False)
         self.sampler = instantiate(sampler, diffusion=self.diffusion)
         self.image_shape = tuple(image_shape)
         self.checked_loss: float | None = None  # train/loss at the last NaN check (shown by LossProgressBar)
@@ -75,14 +67,13 @@ class DiffusionModule(pl.LightningModule):
 
     # ----- the execution plan ------------------------------------------------------------------
     def setup(self, stage: str) -> None:
-        """The plan, resolved once for the Trainer's device and handed to the data module; the data checked
-        against the model's classes."""
+        """The plan, resolved once for the Trainer's device and handed to the data module. (The data is checked
+        against the model's classes once, before the Trainer is built: `tasks/train.py`.)"""
         self._plan = resolve_plan(self.hparams.perf, self.trainer.strategy.root_device, str(self.trainer.precision))
         self._plan_fixed = True
         datamodule = getattr(self.trainer, "datamodule", None)
         if datamodule is not None:
             datamodule.plan = self._plan
-            check_labels(self.num_classes, datamodule)
 
     def teardown(self, stage: str) -> None:
         self._plan_fixed = False
@@ -117,7 +108,7 @@ class DiffusionModule(pl.LightningModule):
 
     # ----- training ----------------------------------------------------------------------------
     def training_step(self, batch: Tensor | Sequence[Tensor], batch_idx: int) -> Tensor:
-        images, labels = unpack(batch)
+        images, labels = unpack_batch(batch)
         images = images.contiguous(memory_format=self.plan.batch_memory_format)
         if self.plan.cuda_graphs:
             torch.compiler.cudagraph_mark_step_begin()  # a new iteration: the last step's graph outputs may be reused
@@ -125,7 +116,7 @@ class DiffusionModule(pl.LightningModule):
         self._last_loss = out.loss.detach()
         every = self.hparams.check_every_n_steps
         if every and self.global_step % every == 0:
-            self.checked_loss = self._check_finite(out.loss)
+            self.checked_loss = finite_loss(out.loss, self.global_step)
             for q, (mean, count) in out.by_quarter(self.diffusion.num_timesteps).items():  # train/loss_q0: least noise
                 self.log(f"train/loss_q{q}", mean, on_step=True, on_epoch=False, batch_size=count)
             for name, value in out.parts.items():  # L_hybrid's parts (vlb: L_t in bits/dim)
@@ -133,16 +124,6 @@ class DiffusionModule(pl.LightningModule):
         # Not prog_bar=True: Lightning turns progress-bar tensors into floats at every step, a wait for the GPU.
         self.log("train/loss", out.loss, on_step=True, on_epoch=False, batch_size=images.shape[0])
         return out.loss
-
-    def _check_finite(self, loss: Tensor) -> float:
-        """The loss as a float (this waits for the GPU); NonFiniteLossError if it is NaN or infinite."""
-        value = loss.item()
-        if not math.isfinite(value):
-            raise NonFiniteLossError(
-                f"training loss is {value} at step {self.global_step}; the last checkpoint is kept. Lower "
-                "optimizer.lr, keep gradient clipping on, use bf16-mixed rather than 16-mixed, and check that the "
-                "data lies in [-1, 1].")
-        return value
 
     @cached_property
     def _net_parameters(self) -> list[torch.nn.Parameter]:
@@ -160,10 +141,7 @@ class DiffusionModule(pl.LightningModule):
     def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
         """Step, then move the EMA towards the new weights (once per optimizer step, also with accumulation)."""
         super().optimizer_step(*args, **kwargs)
-        self.update_ema(self.global_step - 1)  # global_step already counts this step
-
-    def update_ema(self, step: int) -> None:
-        self.ema.update_parameters(self.net, ema_decay_at(step, float(self.hparams.ema_decay), self.hparams.ema_warmup))
+        self.ema.step(self.net, self.global_step - 1)  # global_step already counts this step
 
     def configure_optimizers(self) -> dict[str, Any]:
         return build_optimizer(self.hparams.optimizer, self.net.parameters(), self.plan.fused_optimizer,
@@ -172,7 +150,7 @@ class DiffusionModule(pl.LightningModule):
     # ----- exact resume (resume.py) ------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         last = getattr(self, "_last_loss", None)
-        self.resume.save(self.trainer, checkpoint, lambda: last is not None and self._check_finite(last))
+        self.resume.save(self.trainer, checkpoint, lambda: last is not None and finite_loss(last, self.global_step))
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.resume.load(checkpoint)
@@ -184,12 +162,12 @@ class DiffusionModule(pl.LightningModule):
     def validation_step(self, batch: Tensor | Sequence[Tensor], batch_idx: int) -> Tensor:
         """The training loss of the EMA network on held-out images (true labels), with t and noise fixed by seed
         for comparable curves."""
-        images, labels = unpack(batch)
+        images, labels = unpack_batch(batch)
         g = torch.Generator(device=images.device).manual_seed(self.hparams.val_seed + batch_idx)
         t = uniform_timesteps(self.diffusion.num_timesteps, images.shape[0], images.device, generator=g)
         noise = torch.randn(images.shape, device=images.device, generator=g, dtype=images.dtype)
         loss = training_losses(self.diffusion, conditional(self.ema.module, labels), images, t=t, noise=noise,
-                               vlb_weight=float(self.hparams.vlb_weight), loss=self.hparams.loss).mean()
+                               vlb_weight=self.objective.vlb_weight, loss=self.objective.loss).mean()
         self.log("val/loss", loss, prog_bar=True, on_epoch=True, batch_size=images.shape[0], sync_dist=True)
         return loss
 
@@ -200,14 +178,3 @@ class DiffusionModule(pl.LightningModule):
             return SamplingPipeline(self.net, self.diffusion, self.sampler, self.image_shape)
         return SamplingPipeline(self.ema.module, self.diffusion, self.sampler, self.image_shape,
                                 self.plan.sample_bf16, forward=self.network("sample"))
-
-    def sample(self, n: int, seed: int = 0, use_ema: bool = True, record_timesteps: Sequence[int] = (),
-               sampler: Sampler | None = None, labels: Tensor | None = None,
-               guidance_scale: float = 0.0) -> SampleOutput:
-        """n samples in [-1, 1] by seed (`SamplingPipeline.sample`), with `sampler` or the module's."""
-        return self.pipeline(use_ema).with_sampler(sampler).sample(n, seed, labels, guidance_scale, record_timesteps)
-
-
-def unpack(batch: Tensor | Sequence[Tensor]) -> tuple[Tensor, Tensor | None]:
-    """Batches are images (B, C, H, W), or (images, labels (B,)) for a conditional model (checked at setup)."""
-    return (batch[0], batch[1]) if isinstance(batch, (tuple, list)) else (batch, None)
