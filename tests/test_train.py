@@ -124,7 +124,7 @@ def test_pipeline_from_checkpoint_samples_what_the_module_samples(trained):
     pipeline = SamplingPipeline.from_checkpoint(path)
     module.sampler.progress = pipeline.sampler.progress = False
     assert pipeline.sampler.describe() == module.sampler.describe()
-    assert torch.equal(pipeline.sample(4, seed=5).images, module.sample(4, seed=5).images)
+    assert torch.equal(pipeline.sample(4, seed=5).images, module.pipeline().sample(4, seed=5).images)
     ddim = DDIMSampler(pipeline.diffusion, num_steps=5, progress=False)
     steps = []
     drawn = pipeline.with_sampler(ddim).sample(3, seed=2, callback=steps.append)

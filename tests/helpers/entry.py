@@ -49,9 +49,11 @@ def run_entry(task: str, overrides: list[str], tmp_path: Path) -> Finished:
         cfg.paths.output_dir = str(runs / f"run{count:03d}")
     out, err = io.StringIO(), io.StringIO()
     handler = logging.StreamHandler(err)
-    root = logging.getLogger()
+    root, ours = logging.getLogger(), logging.getLogger("ddpm")  # INFO from our loggers, whatever ran before
     root.addHandler(handler)
-    level, root.level = root.level, logging.INFO
+    levels = root.level, ours.level
+    root.setLevel(logging.INFO)
+    ours.setLevel(logging.INFO)
     code = 0
     try:
         with redirect_stdout(out), redirect_stderr(err):
@@ -61,5 +63,6 @@ def run_entry(task: str, overrides: list[str], tmp_path: Path) -> Finished:
                 code = int(exit_.code or 0)
     finally:
         root.removeHandler(handler)
-        root.level = level
+        root.setLevel(levels[0])
+        ours.setLevel(levels[1])
     return Finished(code, out.getvalue(), err.getvalue())
