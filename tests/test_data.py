@@ -80,15 +80,19 @@ def _fake_mnist(folder: Path, n: int = 40, gz: bool = True) -> None:
         _write_idx(folder / f"{prefix}-labels-idx1-ubyte{suffix}", rng.integers(0, 10, size=count), gz)
 
 
-@pytest.mark.parametrize("dataset", ["mnist", "fashion_mnist"])
-def test_torchvision_loader_reads_idx_files_from_a_source_dir(tmp_path, dataset):
+@pytest.mark.parametrize("dataset, folder", [("mnist", "MNIST"), ("fashion_mnist", "FashionMNIST"),
+                                             ("kmnist", "KMNIST")])
+def test_torchvision_loader_reads_idx_files_from_a_source_dir(tmp_path, dataset, folder):
+    """Each idx data set, KMNIST through data=torchvision alone as conf/data/torchvision.yaml says."""
     _fake_mnist(tmp_path / "src")
-    cfg = compose([f"data={dataset}", f"paths.data_dir={tmp_path / 'data'}", f"data.source_dir={tmp_path / 'src'}",
+    option = [f"data={dataset}"] if dataset != "kmnist" else ["data=torchvision", "data.name=kmnist",
+                                                               "data.dataset=kmnist", "data.channels=1"]
+    cfg = compose([*option, f"paths.data_dir={tmp_path / 'data'}", f"data.source_dir={tmp_path / 'src'}",
                    "data.download=false", "data.num_workers=0", "data.batch_size=8", "data.pin_memory=false"])
     dm = instantiate(cfg.data)
     x = _first_batch(dm)
     assert x.shape == (8, 1, 32, 32) and x.min() >= -1 and x.max() <= 1
-    raw = tmp_path / "data" / ("MNIST" if dataset == "mnist" else "FashionMNIST") / "raw"
+    raw = tmp_path / "data" / folder / "raw"
     assert (raw / "train-images-idx3-ubyte").exists()
     native = TorchvisionDataModule(dataset, root=str(tmp_path / "data"), image_size=28, channels=1, batch_size=4,
                                    download=False, **COMMON)

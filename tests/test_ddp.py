@@ -13,15 +13,14 @@ import pytest
 import torch
 
 from tests.conftest import ROOT
+from tests.helpers import QUIET_EVAL
 
 pytestmark = pytest.mark.slow
 
 ARGS = ["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "trainer.precision=32-true",
         "trainer.benchmark=false", "model=unet_tiny", "model.dropout=0.1", "scheduler.num_timesteps=50",
         "logger=csv", "trainer.max_steps=10", "trainer.val_check_interval=100", "data.batch_size=32",
-        "callbacks.model_checkpoint.every_n_train_steps=5", "callbacks.sample_eval.n_grid=4",
-        "callbacks.sample_eval.fid_samples=0", "callbacks.sample_eval.bpd_images=0",
-        "callbacks.sample_eval.chain_frames=0", "callbacks.progress_bar.refresh_rate=0", "data.num_workers=0"]
+        "callbacks.model_checkpoint.every_n_train_steps=5", *QUIET_EVAL, "data.num_workers=0"]
 
 
 def train(tmp_path: Path, *extra: str) -> Path:

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from tests.conftest import ROOT
+from tests.helpers import QUIET_EVAL
 
 pytestmark = pytest.mark.slow
 
@@ -21,9 +22,7 @@ pytestmark = pytest.mark.slow
 # from its own generators, and checkpoints every 5 steps.
 ARGS = ["model=unet_tiny", "scheduler.num_timesteps=50", "logger=csv", "trainer.max_steps=40",
         "trainer.val_check_interval=15", "trainer.log_every_n_steps=1", "data.batch_size=64",
-        "callbacks.model_checkpoint.every_n_train_steps=5", "callbacks.sample_eval.n_grid=4",
-        "callbacks.sample_eval.fid_samples=0", "callbacks.sample_eval.bpd_images=0",
-        "callbacks.sample_eval.chain_frames=0", "callbacks.progress_bar.refresh_rate=0", "module.lr_warmup_steps=10",
+        "callbacks.model_checkpoint.every_n_train_steps=5", *QUIET_EVAL, "module.lr_warmup_steps=10",
         "model.dropout=0.1"]
 
 

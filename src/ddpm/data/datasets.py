@@ -83,13 +83,14 @@ def synthetic(n: int, channels: int, size: int, seed: int) -> Dataset:
 
 
 class TorchvisionFiles:
-    """The files torchvision's MNIST, FashionMNIST and CIFAR10 read, where they are, and how to get them.
+    """The files torchvision's MNIST, FashionMNIST, KMNIST and CIFAR10 read, where they are, and how to get them.
 
     `download=True` fetches them when online; offline, files under `root` are used as they are, and
     `source_dir` may hold the raw idx files (e.g. Debian's dataset-fashion-mnist), copied into torchvision's
     layout."""
 
-    DATASETS = {"mnist": ("MNIST", 28), "fashion_mnist": ("FashionMNIST", 28), "cifar10": ("CIFAR10", 32)}
+    DATASETS = {"mnist": ("MNIST", 28), "fashion_mnist": ("FashionMNIST", 28), "kmnist": ("KMNIST", 28),
+                "cifar10": ("CIFAR10", 32)}  # torchvision class, native size
 
     def __init__(self, dataset: str, root: Path, download: bool, source_dir: str | None) -> None:
         if dataset not in self.DATASETS:
