@@ -25,28 +25,30 @@ EXPECTED = ("a .ckpt file written by this framework's train.py (e.g. logs/train/
 REQUIRED_KEYS = ("state_dict", "hyper_parameters", "global_step")
 
 
-def read_checkpoint(path: str | Path, scheduler: dict[str, Any] | None = None) -> dict[str, Any]:
+def read_checkpoint(path: str | Path, scheduler: dict[str, Any] | None = None,
+                    key: str = "ckpt_path") -> dict[str, Any]:
     """The checkpoint's contents (tensors memory-mapped), or a ConfigError that says what is wrong with `path`.
-    scheduler: the schedule of a bare UNet2DModel folder (one that has no scheduler/)."""
+    scheduler: the schedule of a bare UNet2DModel folder (one that has no scheduler/); key: the option that named
+    the path (ckpt_path, init_from), as the message says it."""
     from ddpm.io import diffusers_io
 
     if str(path).startswith("hf:"):
         path = diffusers_io.hub_folder(str(path)[3:])
     path = Path(path)
     if not path.exists():
-        raise ConfigError(f"ckpt_path {path} does not exist; expected {EXPECTED}")
+        raise ConfigError(f"{key} {path} does not exist; expected {EXPECTED}")
     if diffusers_io.is_diffusers_folder(path):
         return diffusers_io.read_diffusers_folder(path, scheduler)
     if path.is_dir():
-        raise ConfigError(f"ckpt_path {path} is a folder without unet/config.json or config.json; expected {EXPECTED}")
+        raise ConfigError(f"{key} {path} is a folder without unet/config.json or config.json; expected {EXPECTED}")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as err:  # pickle, zip and mmap errors all mean the same to the user
-        raise ConfigError(f"ckpt_path {path} is not a readable torch checkpoint ({type(err).__name__}); it may be "
+        raise ConfigError(f"{key} {path} is not a readable torch checkpoint ({type(err).__name__}); it may be "
                           f"truncated or another kind of file; expected {EXPECTED}") from err
     missing = [k for k in REQUIRED_KEYS if not isinstance(ckpt, dict) or k not in ckpt]
     if missing:
-        raise ConfigError(f"ckpt_path {path} is a torch file but not a checkpoint of this framework (no "
+        raise ConfigError(f"{key} {path} is a torch file but not a checkpoint of this framework (no "
                           f"{', '.join(missing)}); expected {EXPECTED}")
     return ckpt
 

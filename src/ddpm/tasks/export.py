@@ -42,6 +42,8 @@ def export(cfg: DictConfig) -> Path:
     unet = diffusers.UNet2DModel(**unet_cfg)
     unet.load_state_dict(state_dict_to_diffusers(weights, model), strict=True)
     out = Path(cfg.out)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"out={out} is a file, not a folder: choose a folder for the diffusers pipeline")
     if out.exists() and any(out.iterdir()) and not cfg.overwrite:
         raise ConfigError(f"out={out} exists and is not empty: choose another folder or pass overwrite=true")
     pipeline = diffusers.DDPMPipeline(unet=unet.eval(), scheduler=diffusers.DDPMScheduler(**sched_cfg))

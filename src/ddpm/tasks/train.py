@@ -33,7 +33,7 @@ def init_source(cfg: DictConfig) -> dict[str, Any] | None:
     if cfg.get("ckpt_path"):
         raise ConfigError("init_from (new run from weights, fresh optimizer) and ckpt_path (resume a run) exclude "
                           "each other: give one")
-    source = read_checkpoint(cfg.init_from)
+    source = read_checkpoint(cfg.init_from, key="init_from")
     model = dict(upgrade_hparams(source["hyper_parameters"])["model"])
     if (model["image_size"], model["in_channels"]) != (cfg.data.image_size, cfg.data.channels):
         raise ConfigError(f"init_from {cfg.init_from}: its network takes {model['in_channels']}x{model['image_size']}"
@@ -189,7 +189,6 @@ def train(cfg: DictConfig) -> dict[str, float]:
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     source = init_source(cfg)  # before config.yaml: it records the network actually trained
-    OmegaConf.save(cfg, output_dir / "config.yaml", resolve=True)
     if cfg.get("seed") is not None:
         pl.seed_everything(cfg.seed, workers=True)
 
@@ -205,9 +204,14 @@ def train(cfg: DictConfig) -> dict[str, float]:
     ckpt_path = resolve_ckpt_path(cfg, module)
     resume = check_checkpoint(ckpt_path, module) if ckpt_path else {}
 
+    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()] + [GracefulStop()]
+    for callback in callbacks:  # what a callback builds from the module is checked before the Trainer starts
+        if hasattr(callback, "bind"):
+            callback.bind(module)
+
+    OmegaConf.save(cfg, output_dir / "config.yaml", resolve=True)  # once every input is checked
     logger_cfg = logger_config(to_plain(cfg.get("logger")), sweep, resume.get("wandb_run_id"))
     loggers = build_loggers(logger_cfg, cfg.wandb_connect_timeout_s)
-    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()] + [GracefulStop()]
     if not loggers:  # an LR monitor with nothing to log to is an error in Lightning; drop it instead
         callbacks = [c for c in callbacks if not isinstance(c, pl.callbacks.LearningRateMonitor)]
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import InstantiationException
 from hydra.types import RunMode
 from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
@@ -40,7 +41,11 @@ def run_task(name: str, fn: Callable[[DictConfig], Any], cfg: DictConfig) -> Any
 
             summarize(Path(HydraConfig.get().sweep.dir))
         sys.exit(err.exit_code)
-    except (UserError, OmegaConfBaseException) as err:  # bad input: one line
+    except (UserError, OmegaConfBaseException, InstantiationException) as err:  # bad input: one line
+        if isinstance(err, InstantiationException):  # Hydra wraps a constructor's own message: show that one
+            if not isinstance(err.__cause__, UserError):
+                raise
+            err = err.__cause__
         log.error("%s", err)
         if not goes_on:
             print(f"error: {err}", file=sys.stderr)

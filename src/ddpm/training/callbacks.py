@@ -18,6 +18,7 @@ from torchvision.utils import save_image
 from ddpm.core.images import frames_grid, to_grid
 from ddpm.core.samplers import Sampler, chain_timesteps, pick_frames
 from ddpm.data import image_of
+from ddpm.errors import ConfigError
 from ddpm.metrics import SampleMetrics
 from ddpm.pipeline import SampleRequest
 from ddpm.pipeline.evaluation import BitsPerDimRequest, evaluate_request
@@ -67,8 +68,17 @@ class SampleEvaluation(pl.Callback):
         self._last_step = -1
 
     # ----- hooks -------------------------------------------------------------------------------
+    def bind(self, pl_module: pl.LightningModule) -> None:
+        """Build the evaluation sampler on the module's diffusion: train.py calls this before the Trainer starts,
+        so a bad `callbacks.sample_eval.sampler` option is one line before anything runs."""
+        try:
+            self.sampler = self._evaluation_sampler(pl_module.diffusion) if self.make_sampler else pl_module.sampler
+        except ConfigError as err:  # the sampler says "sampler.<option>": here it is the evaluation sampler's
+            raise ConfigError(f"callbacks.sample_eval.{err}") from err
+
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self.sampler = self._evaluation_sampler(pl_module.diffusion) if self.make_sampler else pl_module.sampler
+        if self.sampler is None or self.sampler.diffusion is not pl_module.diffusion:
+            self.bind(pl_module)
         log.info("Evaluation sampler: %s, %d network calls per sample", self.sampler.describe(), self.sampler.nfe)
         if self.metrics is not None:  # on the device: Inception reference statistics are heavy
             self.metrics.prepare_on_ranks(trainer.datamodule, pl_module.device, trainer.is_global_zero,

@@ -15,6 +15,7 @@ from torch import Tensor
 
 from ddpm.core.diffusion import GaussianDiffusion, ModelOutput
 from ddpm.core.samplers.base import Sampler
+from ddpm.errors import ConfigError
 
 
 def respaced(diffusion: GaussianDiffusion, timesteps: Sequence[int]) -> GaussianDiffusion:
@@ -40,7 +41,7 @@ class AncestralSampler(Sampler):
         super().__init__(diffusion, num_steps, spacing, progress, cap_at_num_timesteps)
         self.clip_denoised = clip_denoised
         if var_frac is not None and (not diffusion.parametrization.variance.learned or not 0.0 <= var_frac <= 1.0):
-            raise ValueError(f"sampler.var_frac={var_frac} needs a learned-variance model (this one's variance: "
+            raise ConfigError(f"sampler.var_frac={var_frac} needs a learned-variance model (this one's variance: "
                              f"{diffusion.parametrization.variance.name}) and a value in [0, 1]")
         self.var_frac = var_frac
         self._chains: dict[torch.device, GaussianDiffusion] = {}

@@ -17,6 +17,7 @@ from torch import Tensor
 
 from ddpm.core.diffusion import GaussianDiffusion, ModelOutput
 from ddpm.core.samplers.base import Sampler
+from ddpm.errors import ConfigError
 
 
 class DDIMSampler(Sampler):
@@ -26,7 +27,7 @@ class DDIMSampler(Sampler):
                  clip_denoised: bool = True, progress: bool = True, cap_at_num_timesteps: bool = False) -> None:
         super().__init__(diffusion, num_steps, spacing, progress, cap_at_num_timesteps)
         if not eta >= 0:
-            raise ValueError(f"sampler.eta must be >= 0, got {eta}")
+            raise ConfigError(f"sampler.eta must be >= 0, got {eta}")
         self.eta, self.clip_denoised = float(eta), clip_denoised
         self.alphas_cumprod = diffusion.alphas_cumprod.detach().cpu().tolist()  # float64 host numbers
 

@@ -31,6 +31,7 @@ from torch import Tensor
 from ddpm.core.diffusion import EpsModel, GaussianDiffusion
 from ddpm.core.samplers.base import Sampler
 from ddpm.core.samplers.spacing import karras_sigmas, schedule_sigmas, spaced_timesteps
+from ddpm.errors import ConfigError
 
 T_MAPS = ("log_sigma", "nearest")
 
@@ -48,10 +49,12 @@ class EDMSampler(Sampler):
         is then spent where the image is pure noise; EDM's own is 80), None: the schedule's."""
         super().__init__(diffusion, num_steps, spacing, progress, cap_at_num_timesteps)
         if t_map not in T_MAPS:
-            raise ValueError(f"sampler.t_map must be one of {T_MAPS}, got {t_map!r}")
-        if not (s_churn >= 0 and s_noise >= 0 and s_tmin <= s_tmax):
-            raise ValueError(f"sampler: need s_churn >= 0, s_noise >= 0, s_tmin <= s_tmax; got {s_churn}, "
-                             f"{s_noise}, {s_tmin}, {s_tmax}")
+            raise ConfigError(f"sampler.t_map must be one of {T_MAPS}, got {t_map!r}")
+        for name, value in (("s_churn", s_churn), ("s_noise", s_noise)):
+            if not value >= 0:
+                raise ConfigError(f"sampler.{name} must be >= 0, got {value}")
+        if not s_tmin <= s_tmax:
+            raise ConfigError(f"sampler.s_tmin must be <= sampler.s_tmax, got {s_tmin} > {s_tmax}")
         self.spacing, self.rho, self.t_map, self.clip_denoised = spacing, float(rho), t_map, clip_denoised
         self.s_churn, self.s_noise = float(s_churn), float(s_noise)
         self.s_tmin, self.s_tmax = float(s_tmin), float(s_tmax)
@@ -60,7 +63,8 @@ class EDMSampler(Sampler):
         self.log_sigmas = [math.log(s) for s in self.schedule_sigmas]
         top = self.schedule_sigmas[-1] if sigma_max is None else min(float(sigma_max), self.schedule_sigmas[-1])
         if not top > self.schedule_sigmas[0]:
-            raise ValueError(f"sampler.sigma_max must exceed the schedule's sigma_min {self.schedule_sigmas[0]:.4g}")
+            raise ConfigError(f"sampler.sigma_max must exceed the schedule's sigma_min {self.schedule_sigmas[0]:.4g}, "
+                              f"got {sigma_max}")
         self.sigma_max = top
         if spacing == "karras":
             self.sigmas = karras_sigmas(self.schedule_sigmas[0], top, self.num_steps, self.rho)

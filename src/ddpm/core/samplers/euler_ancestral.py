@@ -22,6 +22,7 @@ from torch import Tensor
 
 from ddpm.core.diffusion import GaussianDiffusion, ModelOutput
 from ddpm.core.samplers.base import Sampler
+from ddpm.errors import ConfigError
 
 
 class EulerAncestralSampler(Sampler):
@@ -32,8 +33,9 @@ class EulerAncestralSampler(Sampler):
                  cap_at_num_timesteps: bool = False) -> None:
         """eta: the share of the ancestral noise added back (0: deterministic Euler); s_noise: its scale."""
         super().__init__(diffusion, num_steps, spacing, progress, cap_at_num_timesteps)
-        if not (eta >= 0 and s_noise >= 0):
-            raise ValueError(f"sampler.eta and sampler.s_noise must be >= 0, got {eta} and {s_noise}")
+        for name, value in (("eta", eta), ("s_noise", s_noise)):
+            if not value >= 0:
+                raise ConfigError(f"sampler.{name} must be >= 0, got {value}")
         self.eta, self.s_noise, self.clip_denoised = float(eta), float(s_noise), clip_denoised
         abar = diffusion.alphas_cumprod.detach().cpu().tolist()  # float64 host numbers
         self.sigmas = [math.sqrt((1.0 - abar[t]) / abar[t]) for t in self.timesteps] + [0.0]

@@ -11,6 +11,8 @@ from __future__ import annotations
 import math
 from typing import Sequence
 
+from ddpm.errors import ConfigError
+
 SPACINGS = ("trailing", "uniform", "quadratic", "logsnr", "karras")
 KARRAS_RHO = 7.0  # Karras et al. (2022), eq. 5: the rho of their experiments
 
@@ -19,7 +21,7 @@ def karras_sigmas(sigma_min: float, sigma_max: float, num_steps: int, rho: float
     """Karras et al. (2022) eq. 5, i = 0..N-1, descending from sigma_max to sigma_min (sigma_N = 0 is the sampler's):
     sigma_i = (sigma_max^(1/rho) + i / (N-1) (sigma_min^(1/rho) - sigma_max^(1/rho)))^rho."""
     if not rho > 0:
-        raise ValueError(f"sampler.rho must be > 0, got {rho}")
+        raise ConfigError(f"sampler.rho must be > 0, got {rho}")
     if num_steps == 1:
         return [float(sigma_max)]
     lo, hi = sigma_min ** (1 / rho), sigma_max ** (1 / rho)
@@ -45,9 +47,9 @@ def spaced_timesteps(num_timesteps: int, num_steps: int, spacing: str = "trailin
     and 0."""
     T, S = int(num_timesteps), int(num_steps)
     if spacing not in SPACINGS:
-        raise ValueError(f"sampler.spacing must be one of {SPACINGS}, got {spacing!r}")
+        raise ConfigError(f"sampler.spacing must be one of {SPACINGS}, got {spacing!r}")
     if not 1 <= S <= T:
-        raise ValueError(f"sampler.num_steps must be between 1 and T = {T} (the schedule's num_timesteps), got {S}")
+        raise ConfigError(f"sampler.num_steps must be between 1 and T = {T} (the schedule's num_timesteps), got {S}")
     if S == 1:
         return [T - 1]
     if spacing == "trailing":
