@@ -28,6 +28,7 @@ from ddpm.core.images import quantize
 from ddpm.metrics.coverage import ClassBalance, FeatureStore, precision_recall
 from ddpm.metrics.features import ARCH, accuracy, load_classifier, save_classifier, train_classifier
 from ddpm.metrics.inception import InceptionFeatures
+from ddpm.metrics.reference import feature_pass, fid_states, published_statistics, reference_subset
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +67,8 @@ class SampleMetrics:
     name: str = ""  # the logged key; default "fid" for inception, "fd_resnet" for the classifier
     cache_dir: str = "cache"
     reference_split: str = "train"
+    reference_size: int | None = None  # None: the whole split; N: a fixed seeded subset of N images
+    reference_stats: str | None = None  # an .npz with mu and sigma (a paper's published reference), used as is
     weights_path: str | None = None  # local TF-Inception weights (torch-fidelity's .pth or a TorchScript detector)
     kid: bool = False
     inception_score: bool = False
@@ -93,6 +96,7 @@ class SampleMetrics:
         self.tap: FeatureTap | None = None
         self.real_pr: Tensor | None = None
         self.feature_id = ""
+        self.reference_n = 0  # reference images behind the statistics (0: unknown, a published reference)
 
     # ----- names -------------------------------------------------------------------------------
     @property
@@ -134,7 +138,8 @@ class SampleMetrics:
         return net
 
     def reference_path(self, datamodule) -> Path:
-        name = f"{_data_key(datamodule)}_{self.reference_split}_{self.feature_id}.pt"
+        subset = "" if self.reference_size is None else f"_n{self.reference_size}"
+        name = f"{_data_key(datamodule)}_{self.reference_split}{subset}_{self.feature_id}.pt"
         return Path(self.cache_dir) / "fid_reference" / name
 
     def prepare(self, datamodule, device: torch.device | str = "cpu", holds_reference: bool = True) -> bool:
@@ -157,17 +162,21 @@ class SampleMetrics:
             from torchmetrics.image.inception import InceptionScore
 
             self.is_metric = InceptionScore(feature_extractor_weights_path=self.weights_path).to(device)
+        if self.reference_stats is not None:
+            return self._prepare_published(device, holds_reference)
         path = self.reference_path(datamodule)
         hit = path.is_file()
         ref = torch.load(path, map_location="cpu", weights_only=True) if hit else None
         if ref is None or "pr_features" not in ref or (self.kid and "features" not in ref):  # older caches lack them
             images, _ = datamodule.labeled_images(self.reference_split)
-            ref = self._reference_from(images.to(device))
+            images = reference_subset(images, self.reference_size)
+            ref = self._reference_from(images, device, f"{self.fid_name} reference ({datamodule.name})")
             path.parent.mkdir(parents=True, exist_ok=True)
             torch.save(ref, path.with_suffix(".tmp"))
             path.with_suffix(".tmp").replace(path)
             log.info("Reference statistics of %s/%s (%d images) cached at %s", datamodule.name,
                      self.reference_split, len(images), path)
+        self.reference_n = int(ref["real_features_num_samples"])
         if holds_reference:
             for name in REAL_STATES:
                 setattr(self.fid, name, ref[name].to(device))
@@ -189,13 +198,26 @@ class SampleMetrics:
         if not is_zero:
             self.prepare(datamodule, device, holds_reference=False)
 
+    def _prepare_published(self, device: torch.device | str, holds_reference: bool) -> bool:
+        """The reference of an .npz (mu, sigma) as it is: no real features, so no precision / recall, KID or class
+        balance beside it."""
+        if self.kid or self.precision_recall:
+            log.info("fid.reference_stats holds no features: precision / recall and KID are not computed")
+        self.kid_metric, self.precision_recall, self.balance = None, False, None
+        mu, sigma = published_statistics(self.reference_stats, self.net.num_features)
+        if holds_reference:
+            for name, value in fid_states(mu, sigma).items():
+                setattr(self.fid, name, value.to(device))
+        self.reference_n = 0  # unknown: the publisher's
+        return True
+
     @torch.no_grad()
-    def _reference_from(self, images: Tensor, batch_size: int = 500) -> dict[str, Tensor]:
-        feats = []
-        for start in range(0, len(images), batch_size):
-            self.fid.update(images[start:start + batch_size], real=True)
-            feats.append(self.tap.last.float())
-        features = torch.cat(feats)
+    def _reference_from(self, images: Tensor, device: torch.device | str, desc: str) -> dict[str, Tensor]:
+        def update(batch: Tensor) -> Tensor:
+            self.fid.update(batch, real=True)
+            return self.tap.last.float()
+
+        features = feature_pass(images, update, device, desc)
         ref = {name: getattr(self.fid, name).cpu() for name in REAL_STATES}
         # a fixed random subset for precision / recall, so a prefix of it is a random sample of any size
         order = torch.randperm(len(features), generator=torch.Generator().manual_seed(0))[:self.pr_max_samples]
@@ -249,6 +271,8 @@ class SampleMetrics:
                 out["precision"], out["recall"] = precision_recall(self.real_pr[:m], fake[:m], self.pr_k)
         self.reset()
         out[f"{self.fid_name}_n"] = n_total
+        if self.reference_n:
+            out[f"{self.fid_name}_reference_n"] = self.reference_n
         return out
 
     def reset(self) -> None:

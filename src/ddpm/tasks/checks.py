@@ -58,6 +58,7 @@ TRAIN_RULES = {
     "callbacks.sample_eval.bpd_images": ("an integer >= 0 (0: off)", _non_negative_int),
     "callbacks.sample_eval.chain_frames": ("an integer >= 0", _non_negative_int),
     "callbacks.model_checkpoint.every_n_train_steps": ("an integer >= 0", _non_negative_int),
+    "fid.reference_size": ("an integer >= 2 or null (the whole split)", lambda v: isinstance(v, int) and v >= 2),
 }
 
 EVAL_RULES = {
@@ -65,7 +66,8 @@ EVAL_RULES = {
     "batch_size": ("a positive integer", _positive_int),
     "bpd_images": ("a positive integer", _positive_int),
     "n_grid": ("a positive integer", _positive_int),
-    "warmup_batches": ("an integer >= 0", _non_negative_int),
+    "warmup_batches": ("an integer >= 0 or null", _non_negative_int),
+    "fid.reference_size": TRAIN_RULES["fid.reference_size"],
 }
 
 

@@ -89,7 +89,9 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
                             **conditioning)
     warmup_seconds = 0.0
     with fabric.autocast():
-        for i in range(cfg.warmup_batches):  # compile / capture CUDA graphs outside the timed part
+        compiled = pipeline.forward is not pipeline.net
+        warmup_batches = cfg.warmup_batches if cfg.warmup_batches is not None else int(compiled)
+        for i in range(warmup_batches):  # compile / capture CUDA graphs outside the timed part
             warm = SampleRequest(n=min(cfg.batch_size, cfg.n_samples), batch_size=cfg.batch_size, seed=cfg.seed + i,
                                  **conditioning)
             warmup_seconds += evaluate_request(pipeline, warm).sampling_seconds

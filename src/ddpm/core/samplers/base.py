@@ -11,19 +11,18 @@ sampler is its module and its YAML file (tests/test_sampler_contract.py runs eve
 from __future__ import annotations
 
 import logging
-import sys
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Callable, ClassVar, Iterable, Iterator, Sequence, TypeVar
+from typing import Callable, ClassVar, Sequence
 
 import torch
 from torch import Tensor
 
 from ddpm.core.diffusion import EpsModel, GaussianDiffusion, ModelOutput
+from ddpm.core.progress import progress
 from ddpm.core.samplers.spacing import spaced_timesteps
 
 log = logging.getLogger(__name__)
-Item = TypeVar("Item")
 # called after every step with {"i": step index, "t": the visited t, "x": the new state, "denoised": x_0's estimate}
 StepCallback = Callable[[dict], None]
 
@@ -51,21 +50,6 @@ def pick_frames(visited: Sequence[int], num_frames: int) -> list[int]:
         raise ValueError("a denoising chain needs at least 2 frames")
     idx = torch.linspace(0, len(visited) - 1, num_frames).round().long().tolist()
     return sorted({visited[i] for i in idx}, reverse=True)
-
-
-def progress(steps: Iterable[Item], total: int, desc: str, enabled: bool) -> Iterator[Item]:
-    """A progress bar on a terminal; elsewhere (log files, CI) a log line every ~10%, so a long sampling run
-    never looks frozen."""
-    if enabled and sys.stderr.isatty():
-        from tqdm.auto import tqdm
-
-        yield from tqdm(steps, total=total, desc=desc, leave=False)
-        return
-    every = max(total // 10, 1)
-    for i, item in enumerate(steps):
-        if enabled and total >= 100 and i % every == 0 and i:
-            log.info("%s: step %d of %d", desc, i, total)
-        yield item
 
 
 class Sampler(ABC):
