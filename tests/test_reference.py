@@ -78,7 +78,11 @@ def test_bad_published_statistics_are_one_line(cache, tmp_path):
 
 def test_a_long_reference_pass_on_a_cpu_warns_how_to_cut_it(cache, monkeypatch, caplog):
     monkeypatch.setattr(reference_module, "SLOW_S", 0.0)
+    monkeypatch.setattr(reference_module, "SUGGESTED_SIZE", 5)
     with caplog.at_level(logging.WARNING, logger="ddpm.metrics.reference"):
         reference_module.feature_pass(torch.zeros(10, 1, 8, 8), lambda b: b.flatten(1), "cpu", "fid reference",
                                       batch_size=4)
-    assert len(caplog.records) == 1 and "fid.reference_size=2000" in caplog.records[0].getMessage()
+        reference_module.feature_pass(torch.zeros(4, 1, 8, 8), lambda b: b.flatten(1), "cpu", "fid reference",
+                                      batch_size=2)  # already no more than the suggested size: the estimate only
+    first, second = (r.getMessage() for r in caplog.records)
+    assert "fid.reference_size=5" in first and "reference_size" not in second and "cached" in second

@@ -46,11 +46,14 @@ def feature_pass(images: Tensor, update: Callable[[Tensor], Tensor], device: tor
         feats.append(update(images[start:start + batch_size].to(device)))
         if i == 0 and len(starts) > 1 and torch.device(device).type == "cpu":
             estimate = (time.perf_counter() - began) * len(starts)
-            if estimate > SLOW_S:
+            if estimate > SLOW_S and len(images) > SUGGESTED_SIZE:
                 per_image = estimate / len(images)
                 log.warning("%s: about %.0f min for %d images on this CPU; fid.reference_size=%d uses a fixed "
                             "subset (about %.1f min; the whole split, the default, is what papers report)",
                             desc, estimate / 60, len(images), SUGGESTED_SIZE, per_image * SUGGESTED_SIZE / 60)
+            elif estimate > SLOW_S:
+                log.warning("%s: about %.0f min for %d images on this CPU (once: the statistics are cached)",
+                            desc, estimate / 60, len(images))
     return torch.cat(feats)
 
 
