@@ -112,6 +112,8 @@ def test_composed_configs_are_those_of_before_the_move_key_by_key():
 
 # keys added since that commit, each with the default that keeps the old behaviour (dropped before comparing)
 ADDED_FID_KEYS = {"reference_size": None, "reference_stats": None}
+ADDED_MODEL_KEYS = {"attention_head_dim": None, "flip_sin_to_cos": False, "freq_shift": 1,
+                    "resnet_time_scale_shift": "default", "mid_attention_norm": True}
 CHANGED = {"warmup_batches": (0, None)}  # eval.py: old default, new default (None: warm up a compiled network only)
 
 
@@ -121,6 +123,9 @@ def without_later_additions(cfg):
     if isinstance(cfg, dict):
         if "feature" in cfg and "reference_split" in cfg:  # a fid config
             for k, v in ADDED_FID_KEYS.items():
+                assert cfg.pop(k) == v
+        if cfg.get("_target_") == "ddpm.nn.unet.UNet":
+            for k, v in ADDED_MODEL_KEYS.items():
                 assert cfg.pop(k) == v
         for k, (old, new) in CHANGED.items():
             if k in cfg:

@@ -37,18 +37,33 @@ LAYOUTS = {  # google/ddpm-cifar10-32 and ddpm-{celebahq,church,bedroom}-256, at
 
 
 LAYOUTS["cifar10-32, 8 heads"] = {**LAYOUTS["cifar10-32"], "attention_head_dim": 8}
+# UNet2DModels as people build them, on diffusers' own defaults (flip_sin_to_cos=True, freq_shift=0,
+# attention_head_dim=8, norm_eps=1e-5, downsample_padding=1): diffusers' train_unconditional.py layout (six levels,
+# attention at one; 1/4 width, 32 px), the same with scale-shift ResBlocks, the class default layout (attention at
+# three levels, heads of 8 channels: a different head count per level), and a class-conditional model
+DEFAULTS = dict(in_channels=3, out_channels=3, layers_per_block=2)
+TRAIN_UNCONDITIONAL = dict(sample_size=32, block_out_channels=(32, 32, 64, 64, 128, 128),
+                           down_block_types=("DownBlock2D",) * 4 + ("AttnDownBlock2D", "DownBlock2D"),
+                           up_block_types=("UpBlock2D", "AttnUpBlock2D") + ("UpBlock2D",) * 4)
+DIFFUSERS_LAYOUTS = {
+    "train_unconditional": TRAIN_UNCONDITIONAL,
+    "train_unconditional, scale_shift": {**TRAIN_UNCONDITIONAL, "resnet_time_scale_shift": "scale_shift"},
+    "UNet2DModel defaults": dict(sample_size=16, block_out_channels=(32, 64, 96, 128)),
+    "class-conditional": {**TRAIN_UNCONDITIONAL, "num_class_embeds": 11},
+}
 
 
 def _theirs(layout: str):
     torch.manual_seed(0)
-    net = diffusers.UNet2DModel(**{**DDPM, **LAYOUTS[layout]}).eval()
+    kwargs = {**DDPM, **LAYOUTS[layout]} if layout in LAYOUTS else {**DEFAULTS, **DIFFUSERS_LAYOUTS[layout]}
+    net = diffusers.UNet2DModel(**kwargs).eval()
     with torch.no_grad():
         for p in net.parameters():  # diffusers zero-inits nothing, but make every weight matter
             p.normal_(0, 0.05)
     return net
 
 
-@pytest.mark.parametrize("layout", sorted(LAYOUTS))
+@pytest.mark.parametrize("layout", sorted(LAYOUTS) + sorted(DIFFUSERS_LAYOUTS))
 def test_unet2dmodel_converts_to_the_same_function_and_back_bit_for_bit(layout):
     theirs = _theirs(layout)
     cfg = unet_config_from_diffusers(dict(theirs.config), layout)
@@ -57,8 +72,10 @@ def test_unet2dmodel_converts_to_the_same_function_and_back_bit_for_bit(layout):
     assert sum(p.numel() for p in ours.parameters()) == sum(p.numel() for p in theirs.parameters())
     x = torch.randn(2, 3, cfg["image_size"], cfg["image_size"], generator=torch.Generator().manual_seed(1))
     t = torch.tensor([0, 999])
+    labels = {} if cfg["num_classes"] is None else {"class_labels": torch.tensor([3, cfg["num_classes"]])}
     with torch.no_grad():
-        torch.testing.assert_close(ours(x, t), theirs(x, t).sample, rtol=1e-5, atol=1e-6)
+        mine = ours(x, t, labels.get("class_labels"))
+        torch.testing.assert_close(mine, theirs(x, t, **labels).sample, rtol=1e-5, atol=1e-6)
     back = state_dict_to_diffusers(ours.state_dict(), cfg)
     assert back.keys() == theirs.state_dict().keys()
     assert all(torch.equal(back[k], v) for k, v in theirs.state_dict().items())
@@ -70,17 +87,27 @@ def test_the_full_cifar10_configuration_has_the_papers_parameter_count():
     assert sum(p.numel() for p in UNet(**{k: v for k, v in cfg.items() if k != "_target_"}).parameters()) == 35_746_307
 
 
-@pytest.mark.parametrize("field, value", [("flip_sin_to_cos", True), ("freq_shift", 0), ("flip_sin_to_cos", "absent"),
-                                          ("down_block_types", ["CrossAttnDownBlock2D"] * 4),
-                                          ("attention_head_dim", 3), ("resnet_time_scale_shift", "scale_shift")])
+@pytest.mark.parametrize("field, value", [("down_block_types", ["CrossAttnDownBlock2D"] * 4),
+                                          ("attention_head_dim", 3), ("resnet_time_scale_shift", "scale_shift_norm"),
+                                          ("time_embedding_type", "fourier"), ("act_fn", "gelu")])
 def test_a_unet_that_cannot_be_mapped_is_refused_naming_the_field(tmp_path, field, value):
     folder = _pipeline_folder(tmp_path)
     config = {**json.loads((folder / "unet" / "config.json").read_text()), field: value}
-    if value == "absent":  # an older config: diffusers' default applies (True), not DDPM's False
-        del config[field]
     (folder / "unet" / "config.json").write_text(json.dumps(config))
     with pytest.raises(ConfigError, match=field):
         read_checkpoint(folder)
+
+
+def test_a_config_without_the_time_embedding_keys_takes_diffusers_defaults(tmp_path):
+    """An older UNet2DModel config without flip_sin_to_cos / freq_shift was built with diffusers' defaults (True,
+    0), not DDPM's."""
+    folder = _pipeline_folder(tmp_path)
+    config = json.loads((folder / "unet" / "config.json").read_text())
+    for key in ("flip_sin_to_cos", "freq_shift"):
+        config.pop(key, None)
+    (folder / "unet" / "config.json").write_text(json.dumps(config))
+    model = read_checkpoint(folder)["hyper_parameters"]["model"]
+    assert model["flip_sin_to_cos"] is True and model["freq_shift"] == 0
 
 
 @pytest.mark.parametrize("field, value", [("prediction_type", "flow"), ("variance_type", "learned"),
@@ -216,3 +243,26 @@ def test_init_from_a_diffusers_folder_trains_from_its_weights(tmp_path):
 
     with pytest.raises(ConfigError, match="init_from="):
         check_checkpoint(str(out), module)
+
+
+@pytest.mark.slow
+def test_a_diffusers_default_pipeline_evaluates_and_exports_back_bit_for_bit(tmp_path):
+    """As a user would: a DDPMPipeline folder of a UNet2DModel on diffusers' defaults (train_unconditional's layout,
+    fixed_small variance), through eval.py with another sampler, then export.py of the import: the same weights."""
+    from safetensors.torch import load_file
+
+    from tests.helpers.entry import run_entry
+
+    folder = tmp_path / "hub-model"
+    diffusers.DDPMPipeline(unet=_theirs("train_unconditional"),
+                           scheduler=diffusers.DDPMScheduler(variance_type="fixed_small")).save_pretrained(folder)
+    done = run_entry("eval", [f"ckpt_path={folder}", "data=cifar10", "sampler=ddim", "sampler.num_steps=10",
+                              "n_samples=8", "metrics=[]", "logger=none"], tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    done = run_entry("export", [f"ckpt_path={folder}", "format=diffusers", f"out={tmp_path / 'again'}"], tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    before = load_file(folder / "unet" / "diffusion_pytorch_model.safetensors")
+    after = load_file(tmp_path / "again" / "unet" / "diffusion_pytorch_model.safetensors")
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+    config = json.loads((tmp_path / "again" / "unet" / "config.json").read_text())
+    assert config["flip_sin_to_cos"] is True and config["freq_shift"] == 0 and config["attention_head_dim"] == 8

@@ -14,6 +14,9 @@ from typing import Any, Mapping
 
 PERF_KEYS = ("compile", "compile_mode", "channels_last", "fused_optimizer", "sample_precision")
 MODULE_DEFAULTS = {"prediction": "eps"}  # keys added after the first checkpoints: their values then (DDPM's)
+MODEL_DEFAULTS = {  # U-Net keys added later, with the values the older networks were built with
+    "num_classes": None, "downsample_padding": 1, "attention_head_dim": None, "flip_sin_to_cos": False,
+    "freq_shift": 1, "resnet_time_scale_shift": "default", "mid_attention_norm": True}
 # the objective's settings, module keys until they became the `objective` group; absent: DDPM's (ObjectiveConfig)
 OBJECTIVE_KEYS = ("loss", "vlb_weight", "timestep_sampler", "loss_aware", "cond_drop_prob")
 OLD_DATA_KEYS = ("on_device", "on_device_max_gib")  # data-module keys the perf group holds now
@@ -91,7 +94,17 @@ def upgrade_hparams(hparams: dict[str, Any]) -> dict[str, Any]:
         hparams.pop(key, None)
     old = legacy_objective(hparams)
     hparams["objective"] = hparams.get("objective") or old
+    if hparams.get("model") is not None:
+        hparams["model"] = upgrade_model_config(hparams["model"])
     return {**MODULE_DEFAULTS, **hparams}
+
+
+def upgrade_model_config(model: Mapping[str, Any]) -> dict[str, Any]:
+    """A network config in today's form: moved `_target_`, the U-Net keys added later at their old values (so an
+    older run's network compares equal to the same network configured today)."""
+    model = upgrade_targets(dict(model))
+    is_unet = model.get("_target_") == "ddpm.nn.unet.UNet"
+    return {**MODEL_DEFAULTS, **model} if is_unet else model
 
 
 def upgrade_run_config(cfg: dict[str, Any]) -> dict[str, Any]:

@@ -7,8 +7,10 @@ diffusers' to_q / to_k / to_v are Linear (C, C) each. One difference is a settin
 TensorFlow downsampling pads "SAME" (0 before, 1 after) -- diffusers' downsample_padding=0 and our
 `downsample_padding: 0`; our own networks pad 1 on both sides (downsample_padding=1 on both sides).
 
-What cannot be mapped is refused with one line that names the field: another time embedding (flip_sin_to_cos,
-freq_shift), block types other than (Attn)DownBlock2D / (Attn)UpBlock2D, attention heads that differ by level,
+The conventions diffusers' UNet2DModel adds are settings of our U-Net too: the time embedding's flip_sin_to_cos
+and freq_shift, heads of attention_head_dim channels, norm_eps, downsample padding, resnet_time_scale_shift
+(default | scale_shift), any number of levels. What cannot be mapped is refused with one line that names the field:
+block types other than (Attn)DownBlock2D / (Attn)UpBlock2D, another time embedding type or activation,
 schedules and variances our diffusion does not have. Export refuses class-conditional models (DDPMPipeline
 cannot pass a label).
 """
@@ -48,9 +50,8 @@ def unet_config_from_diffusers(cfg: dict[str, Any], where: str) -> dict[str, Any
         return ConfigError(f"{where}: UNet2DModel {field}={value!r} cannot be mapped onto this framework's U-Net "
                            f"({why})")
 
-    expected = {"time_embedding_type": "positional", "flip_sin_to_cos": False, "freq_shift": 1,
-                "center_input_sample": False, "act_fn": "silu", "mid_block_scale_factor": 1,
-                "resnet_time_scale_shift": "default", "add_attention": True, "downsample_type": "conv",
+    expected = {"time_embedding_type": "positional", "center_input_sample": False, "act_fn": "silu",
+                "mid_block_scale_factor": 1, "add_attention": True, "downsample_type": "conv",
                 "upsample_type": "conv", "mid_block_type": "UNetMidBlock2D", "class_embed_type": None,
                 "time_embedding_dim": None}
     for field, want in expected.items():
@@ -74,19 +75,25 @@ def unet_config_from_diffusers(cfg: dict[str, Any], where: str) -> dict[str, Any
     size = size[0] if isinstance(size, (list, tuple)) else size
     head_dim = cfg.get("attention_head_dim")
     levels = attn_down + [len(channels) - 1]  # and the middle block
-    heads = {1 if head_dim is None else channels[i] // head_dim for i in levels}
-    if len(heads) != 1 or (head_dim is not None and any(channels[i] % head_dim for i in levels)):
-        raise refuse("attention_head_dim", head_dim, "it must divide the channels into the same number of heads at "
-                     "every attention level")
+    if head_dim is not None and any(channels[i] % head_dim for i in levels):
+        raise refuse("attention_head_dim", head_dim, "it must divide the channels of every attention level")
+    if cfg.get("resnet_time_scale_shift", "default") not in ("default", "scale_shift"):
+        raise refuse("resnet_time_scale_shift", cfg["resnet_time_scale_shift"], "default and scale_shift are")
     num_classes = cfg.get("num_class_embeds")
     return {"_target_": "ddpm.nn.unet.UNet", "image_size": int(size), "in_channels": int(cfg["in_channels"]),
             "out_channels": int(cfg["out_channels"]), "base_channels": channels[0],
             "channel_mult": [c // channels[0] for c in channels], "num_res_blocks": int(cfg["layers_per_block"]),
             "attention_resolutions": [int(size) // 2**i for i in attn_down], "dropout": float(cfg.get("dropout", 0.0)),
-            "num_heads": heads.pop(), "num_groups": int(cfg.get("norm_num_groups", 32)),
-            "norm_eps": float(cfg.get("norm_eps", 1e-5)),
+            "num_heads": 1, "attention_head_dim": None if head_dim is None else int(head_dim),
+            "num_groups": int(cfg.get("norm_num_groups", 32)), "norm_eps": float(cfg.get("norm_eps", 1e-5)),
             "num_classes": None if num_classes is None else num_classes - 1,
-            "downsample_padding": int(cfg.get("downsample_padding", 1))}
+            "downsample_padding": int(cfg.get("downsample_padding", 1)),
+            # diffusers' defaults where a config predates the key (True, 0), not DDPM's (False, 1)
+            "flip_sin_to_cos": bool(cfg.get("flip_sin_to_cos", True)), "freq_shift": cfg.get("freq_shift", 0),
+            "resnet_time_scale_shift": cfg.get("resnet_time_scale_shift", "default"),
+            # diffusers' middle attention has no norm with scale-shift ResBlocks unless attn_norm_num_groups says
+            "mid_attention_norm": (cfg.get("resnet_time_scale_shift", "default") == "default"
+                                   or cfg.get("attn_norm_num_groups") is not None)}
 
 
 def unet_config_to_diffusers(model: dict[str, Any]) -> dict[str, Any]:
@@ -96,18 +103,23 @@ def unet_config_to_diffusers(model: dict[str, Any]) -> dict[str, Any]:
                           "passes no class label")
     size, mult, base = int(model["image_size"]), list(model["channel_mult"]), int(model["base_channels"])
     attn = [i for i in range(len(mult)) if size // 2**i in set(model["attention_resolutions"])]
-    heads = int(model.get("num_heads", 1))
-    if heads != 1 and len({base * mult[i] // heads for i in attn + [len(mult) - 1]}) != 1:
+    heads, head_dim = int(model.get("num_heads", 1)), model.get("attention_head_dim")
+    if head_dim is None and heads != 1 and len({base * mult[i] // heads for i in attn + [len(mult) - 1]}) != 1:
         raise ConfigError(f"model.num_heads={heads}: diffusers sets a head size, and {heads} heads give different "
                           "head sizes at this network's attention levels; only 1 head exports here")
     return {"sample_size": size, "in_channels": int(model["in_channels"]), "out_channels": int(model["out_channels"]),
             "block_out_channels": [base * m for m in mult], "layers_per_block": int(model["num_res_blocks"]),
             "down_block_types": ["AttnDownBlock2D" if i in attn else "DownBlock2D" for i in range(len(mult))],
             "up_block_types": ["AttnUpBlock2D" if i in attn else "UpBlock2D" for i in reversed(range(len(mult)))],
-            "attention_head_dim": None if heads == 1 else base * mult[attn[0] if attn else -1] // heads,
+            "attention_head_dim": (int(head_dim) if head_dim is not None else
+                                   None if heads == 1 else base * mult[attn[0] if attn else -1] // heads),
             "norm_num_groups": int(model["num_groups"]), "norm_eps": float(model["norm_eps"]),
             "dropout": float(model["dropout"]), "downsample_padding": int(model.get("downsample_padding", 1)),
-            "flip_sin_to_cos": False, "freq_shift": 1, "time_embedding_type": "positional", "act_fn": "silu"}
+            "flip_sin_to_cos": bool(model.get("flip_sin_to_cos", False)), "freq_shift": model.get("freq_shift", 1),
+            "resnet_time_scale_shift": model.get("resnet_time_scale_shift", "default"),
+            "attn_norm_num_groups": (int(model["num_groups"]) if model.get("mid_attention_norm", True)
+                                     and model.get("resnet_time_scale_shift", "default") != "default" else None),
+            "time_embedding_type": "positional", "act_fn": "silu"}
 
 
 # ----- weights -----------------------------------------------------------------------------------
@@ -157,7 +169,8 @@ def state_dict_from_diffusers(theirs: dict[str, Tensor], model: dict[str, Any]) 
                 ours[f"{mine}.qkv.{p}"] = qkv[:, :, None, None] if p == "weight" else qkv
                 out = theirs[f"{their}.to_out.0.{p}"]
                 ours[f"{mine}.proj_out.{p}"] = out[:, :, None, None] if p == "weight" else out
-                ours[f"{mine}.norm.{p}"] = theirs[f"{their}.group_norm.{p}"]
+                if f"{their}.group_norm.{p}" in theirs:  # none in a scale-shift middle block
+                    ours[f"{mine}.norm.{p}"] = theirs[f"{their}.group_norm.{p}"]
         elif f"{their}.time_emb_proj.weight" in theirs:  # ResBlock
             for a, b in RESBLOCK:
                 for p in ("weight", "bias"):
@@ -181,7 +194,8 @@ def state_dict_to_diffusers(ours: dict[str, Tensor], model: dict[str, Any]) -> d
                     theirs[f"{their}.to_{x}.{p}"] = part[:, :, 0, 0] if p == "weight" else part
                 out = ours[f"{mine}.proj_out.{p}"]
                 theirs[f"{their}.to_out.0.{p}"] = out[:, :, 0, 0] if p == "weight" else out
-                theirs[f"{their}.group_norm.{p}"] = ours[f"{mine}.norm.{p}"]
+                if f"{mine}.norm.{p}" in ours:
+                    theirs[f"{their}.group_norm.{p}"] = ours[f"{mine}.norm.{p}"]
         elif f"{mine}.temb_proj.weight" in ours:
             for a, b in RESBLOCK:
                 for p in ("weight", "bias"):

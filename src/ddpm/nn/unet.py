@@ -22,12 +22,16 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 
-def timestep_embedding(t: Tensor, dim: int, max_period: float = 10000.0) -> Tensor:
-    """DDPM's sinusoidal embedding: [sin(t w_i), cos(t w_i)], w_i = max_period^(-i / (half - 1)); (B, dim)."""
+def timestep_embedding(t: Tensor, dim: int, max_period: float = 10000.0, flip_sin_to_cos: bool = False,
+                       freq_shift: float = 1) -> Tensor:
+    """The sinusoidal embedding (B, dim): [sin(t w_i), cos(t w_i)], w_i = max_period^(-i / (half - freq_shift)).
+    DDPM's is freq_shift = 1 and sin first; diffusers' UNet2DModel defaults are freq_shift = 0 and cos first
+    (flip_sin_to_cos): the same network family, another embedding its weights were trained with."""
     half = dim // 2
-    exponent = -math.log(max_period) * torch.arange(half, device=t.device, dtype=torch.float32) / max(half - 1, 1)
+    exponent = -math.log(max_period) * torch.arange(half, device=t.device, dtype=torch.float32)
+    exponent = exponent / max(half - freq_shift, 1)
     args = t.float()[:, None] * exponent.exp()[None, :]  # (B, half)
-    emb = torch.cat([args.sin(), args.cos()], dim=1)
+    emb = torch.cat([args.cos(), args.sin()] if flip_sin_to_cos else [args.sin(), args.cos()], dim=1)
     return F.pad(emb, (0, 1)) if dim % 2 else emb
 
 
@@ -39,13 +43,17 @@ def zero_init(module: nn.Module) -> nn.Module:
 
 
 class ResBlock(nn.Module):
-    """GN -> SiLU -> conv, + projected time embedding, GN -> SiLU -> dropout -> conv(zero init), + skip."""
+    """GN -> SiLU -> conv, + projected time embedding, GN -> SiLU -> dropout -> conv(zero init), + skip. With
+    scale_shift (improved-diffusion's use_scale_shift_norm, diffusers' "scale_shift") the embedding instead
+    modulates the second norm: GN(h) (1 + scale) + shift."""
 
-    def __init__(self, in_ch: int, out_ch: int, temb_ch: int, dropout: float, groups: int, eps: float) -> None:
+    def __init__(self, in_ch: int, out_ch: int, temb_ch: int, dropout: float, groups: int, eps: float,
+                 scale_shift: bool = False) -> None:
         super().__init__()
+        self.scale_shift = scale_shift
         self.norm1 = nn.GroupNorm(groups, in_ch, eps=eps)
         self.conv1 = nn.Conv2d(in_ch, out_ch, 3, padding=1)
-        self.temb_proj = nn.Linear(temb_ch, out_ch)
+        self.temb_proj = nn.Linear(temb_ch, 2 * out_ch if scale_shift else out_ch)
         self.norm2 = nn.GroupNorm(groups, out_ch, eps=eps)
         self.dropout = nn.Dropout(dropout)
         self.conv2 = zero_init(nn.Conv2d(out_ch, out_ch, 3, padding=1))
@@ -53,18 +61,23 @@ class ResBlock(nn.Module):
 
     def forward(self, x: Tensor, temb: Tensor) -> Tensor:
         h = self.conv1(F.silu(self.norm1(x)))
-        h = h + self.temb_proj(F.silu(temb))[:, :, None, None]
-        h = self.conv2(self.dropout(F.silu(self.norm2(h))))
+        emb = self.temb_proj(F.silu(temb))[:, :, None, None]
+        if self.scale_shift:
+            scale, shift = emb.chunk(2, dim=1)
+            h = self.norm2(h) * (1 + scale) + shift
+        else:
+            h = self.norm2(h + emb)
+        h = self.conv2(self.dropout(F.silu(h)))
         return self.skip(x) + h
 
 
 class AttentionBlock(nn.Module):
     """Self-attention over the H*W positions through `scaled_dot_product_attention` (flash / mem-efficient)."""
 
-    def __init__(self, ch: int, num_heads: int, groups: int, eps: float) -> None:
+    def __init__(self, ch: int, num_heads: int, groups: int, eps: float, norm: bool = True) -> None:
         super().__init__()
         self.num_heads = num_heads
-        self.norm = nn.GroupNorm(groups, ch, eps=eps)
+        self.norm = nn.GroupNorm(groups, ch, eps=eps) if norm else nn.Identity()
         self.qkv = nn.Conv2d(ch, 3 * ch, 1)
         self.proj_out = zero_init(nn.Conv2d(ch, ch, 1))
 
@@ -117,6 +130,7 @@ def check_unet_config(
     base_channels: int,
     num_heads: int,
     num_groups: int,
+    attention_head_dim: int | None = None,
 ) -> list[int]:
     """Raise a ValueError that says what to change if the network can't be built; return the resolutions."""
     levels = len(channel_mult)
@@ -139,8 +153,11 @@ def check_unet_config(
         if ch % num_groups:
             raise ValueError(f"{ch} channels can't be split into {num_groups} GroupNorm groups: "
                              "change model.num_groups")
-        if ch % num_heads:
+        if attention_head_dim is None and ch % num_heads:
             raise ValueError(f"{ch} channels can't be split into {num_heads} attention heads: change model.num_heads")
+        if attention_head_dim is not None and ch % attention_head_dim:
+            raise ValueError(f"{ch} channels can't be split into heads of {attention_head_dim}: change "
+                             "model.attention_head_dim")
     return resolutions
 
 
@@ -162,19 +179,34 @@ class UNet(nn.Module):
         norm_eps: float = 1e-6,
         num_classes: int | None = None,
         downsample_padding: int = 1,
+        attention_head_dim: int | None = None,
+        flip_sin_to_cos: bool = False,
+        freq_shift: float = 1,
+        resnet_time_scale_shift: str = "default",
+        mid_attention_norm: bool = True,
     ) -> None:
+        """attention_head_dim: heads of this size at every attention level (diffusers' convention; None: num_heads
+        heads everywhere); flip_sin_to_cos, freq_shift: the time embedding's convention (DDPM: False, 1);
+        resnet_time_scale_shift: "default" adds the time embedding, "scale_shift" modulates the norm with it;
+        mid_attention_norm: the middle attention normalises its input (diffusers' scale-shift networks do not)."""
         super().__init__()
+        if resnet_time_scale_shift not in ("default", "scale_shift"):
+            raise ValueError(f"model.resnet_time_scale_shift must be 'default' or 'scale_shift', got "
+                             f"{resnet_time_scale_shift!r}")
         if num_classes is not None and (isinstance(num_classes, bool) or int(num_classes) < 1):
             raise ValueError(f"model.num_classes must be a positive integer or null, got {num_classes!r}")
         channel_mult, attention_resolutions = list(channel_mult), list(attention_resolutions)
         resolutions = check_unet_config(image_size, channel_mult, attention_resolutions, base_channels, num_heads,
-                                        num_groups)
+                                        num_groups, attention_head_dim)
+        self.flip_sin_to_cos, self.freq_shift = bool(flip_sin_to_cos), freq_shift
         self.image_size, self.in_channels = image_size, in_channels
         self.out_channels = out_channels or in_channels
         self.base_channels = base_channels
         temb_ch = 4 * base_channels
-        block = lambda i, o: ResBlock(i, o, temb_ch, dropout, num_groups, norm_eps)  # noqa: E731
-        attn = lambda c: AttentionBlock(c, num_heads, num_groups, norm_eps)  # noqa: E731
+        scale_shift = resnet_time_scale_shift == "scale_shift"
+        block = lambda i, o: ResBlock(i, o, temb_ch, dropout, num_groups, norm_eps, scale_shift)  # noqa: E731
+        heads = lambda c: num_heads if attention_head_dim is None else c // attention_head_dim  # noqa: E731
+        attn = lambda c: AttentionBlock(c, heads(c), num_groups, norm_eps)  # noqa: E731
 
         self.temb = nn.Sequential(nn.Linear(base_channels, temb_ch), nn.SiLU(), nn.Linear(temb_ch, temb_ch))
         self.num_classes = int(num_classes) if num_classes is not None else None
@@ -195,7 +227,8 @@ class UNet(nn.Module):
                 self.down.append(nn.ModuleList([Downsample(ch, downsample_padding)]))
                 skip_channels.append(ch)
 
-        self.mid = nn.ModuleList([block(ch, ch), attn(ch), block(ch, ch)])
+        mid_attn = AttentionBlock(ch, heads(ch), num_groups, norm_eps, norm=mid_attention_norm)
+        self.mid = nn.ModuleList([block(ch, ch), mid_attn, block(ch, ch)])
 
         self.up = nn.ModuleList()
         for level in reversed(range(len(channel_mult))):
@@ -229,7 +262,9 @@ class UNet(nn.Module):
             raise ValueError(
                 f"UNet expects (B, {self.in_channels}, {self.image_size}, {self.image_size}), got {tuple(x.shape)}"
             )
-        temb = self.temb(timestep_embedding(t, self.base_channels).to(x.dtype))
+        emb = timestep_embedding(t, self.base_channels, flip_sin_to_cos=self.flip_sin_to_cos,
+                                 freq_shift=self.freq_shift)
+        temb = self.temb(emb.to(x.dtype))
         if self.num_classes is not None:
             if y is None:
                 y = torch.full((x.shape[0],), self.num_classes, device=x.device, dtype=torch.long)

@@ -82,10 +82,11 @@ def _diff(old: Any, new: Any, prefix: str) -> list[str]:
 
 def _model_diffs(ckpt: dict[str, Any], module) -> list[str]:
     """How the checkpoint's network differs from this run's, both in today's form (moved `_target_`s are equal)."""
-    from ddpm.io.compat import upgrade_targets
+    from ddpm.io.compat import upgrade_model_config
 
     saved = ckpt.get("hyper_parameters", {})
-    diffs = _diff(upgrade_targets(saved.get("model")), upgrade_targets(dict(module.hparams.model)), "model")
+    diffs = _diff(upgrade_model_config(saved.get("model") or {}), upgrade_model_config(dict(module.hparams.model)),
+                  "model")
     return diffs + _diff(list(saved.get("image_shape", [])), list(module.hparams.image_shape), "image_shape")
 
 
