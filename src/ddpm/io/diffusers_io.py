@@ -11,8 +11,8 @@ The conventions diffusers' UNet2DModel adds are settings of our U-Net too: the t
 and freq_shift, heads of attention_head_dim channels, norm_eps, downsample padding, resnet_time_scale_shift
 (default | scale_shift), any number of levels. What cannot be mapped is refused with one line that names the field:
 block types other than (Attn)DownBlock2D / (Attn)UpBlock2D, another time embedding type or activation,
-schedules and variances our diffusion does not have. Export refuses class-conditional models (DDPMPipeline
-cannot pass a label).
+schedules and variances our diffusion does not have. A class-conditional model exports with num_class_embeds =
+K + 1 (the last: the null label); its UNet takes class_labels, which diffusers' DDPMPipeline does not pass.
 """
 
 from __future__ import annotations
@@ -98,9 +98,6 @@ def unet_config_from_diffusers(cfg: dict[str, Any], where: str) -> dict[str, Any
 
 def unet_config_to_diffusers(model: dict[str, Any]) -> dict[str, Any]:
     """The UNet2DModel config of our network (the inverse of `unet_config_from_diffusers`)."""
-    if model.get("num_classes") is not None:
-        raise ConfigError("a class-conditional model (model.num_classes) cannot be exported: diffusers' DDPMPipeline "
-                          "passes no class label")
     size, mult, base = int(model["image_size"]), list(model["channel_mult"]), int(model["base_channels"])
     attn = [i for i in range(len(mult)) if size // 2**i in set(model["attention_resolutions"])]
     heads, head_dim = int(model.get("num_heads", 1)), model.get("attention_head_dim")
@@ -119,7 +116,9 @@ def unet_config_to_diffusers(model: dict[str, Any]) -> dict[str, Any]:
             "resnet_time_scale_shift": model.get("resnet_time_scale_shift", "default"),
             "attn_norm_num_groups": (int(model["num_groups"]) if model.get("mid_attention_norm", True)
                                      and model.get("resnet_time_scale_shift", "default") != "default" else None),
-            "time_embedding_type": "positional", "act_fn": "silu"}
+            "time_embedding_type": "positional", "act_fn": "silu",
+            # K classes + our null label: diffusers' class embedding (called with class_labels; K = unconditional)
+            "num_class_embeds": None if model.get("num_classes") is None else int(model["num_classes"]) + 1}
 
 
 # ----- weights -----------------------------------------------------------------------------------

@@ -3,8 +3,9 @@
 The folder holds unet/ (UNet2DModel config + safetensors weights, EMA by default), scheduler/ (the DDPMScheduler
 config that reproduces our schedule, variance, prediction and clipping), model_index.json and a model card
 (README.md) with the run's config, step and metrics. Everything is checked before the folder is created: a model
-diffusers cannot represent (class-conditional; heads that differ by level) is refused with one line, and nothing
-is written; an existing non-empty folder is refused unless overwrite=true.
+diffusers cannot represent (heads that differ by level) is refused with one line, and nothing is written; an
+existing non-empty folder is refused unless overwrite=true. A class-conditional model is written too (its UNet
+takes class_labels; the model card says how to sample it, since DDPMPipeline passes no label).
 """
 
 from __future__ import annotations
@@ -67,8 +68,22 @@ def model_card(cfg: DictConfig, ckpt: dict[str, Any], hp: dict[str, Any], sched:
              f"({'EMA' if cfg.use_ema else 'trained, not averaged'} weights).", "",
              f"Schedule: {sched.get('beta_schedule', 'trained_betas')}, T = {sched['num_train_timesteps']}, "
              f"variance {sched['variance_type']}, prediction {sched['prediction_type']}, "
-             f"clip_sample {sched['clip_sample']}.", "", "```python", "from diffusers import DDPMPipeline",
-             "pipe = DDPMPipeline.from_pretrained(\"<this folder>\")", "images = pipe(batch_size=16).images", "```", ""]
+             f"clip_sample {sched['clip_sample']}.", ""]
+    k = hp["model"].get("num_classes")
+    if k is None:
+        lines += ["```python", "from diffusers import DDPMPipeline",
+                  "pipe = DDPMPipeline.from_pretrained(\"<this folder>\")", "images = pipe(batch_size=16).images",
+                  "```", ""]
+    else:  # DDPMPipeline calls the UNet without labels: the scheduler's loop, written out
+        lines += [f"Class-conditional: labels 0..{k - 1}, label {k} is the null label (the unconditional model of "
+                  "classifier-free guidance); DDPMPipeline passes no label, so call the UNet yourself:", "",
+                  "```python", "import torch", "from diffusers import DDPMScheduler, UNet2DModel",
+                  "unet = UNet2DModel.from_pretrained(\"<this folder>\", subfolder=\"unet\")",
+                  "scheduler = DDPMScheduler.from_pretrained(\"<this folder>\", subfolder=\"scheduler\")",
+                  "labels = torch.arange(16) % " + str(k),
+                  "x = torch.randn(16, unet.config.in_channels, unet.config.sample_size, unet.config.sample_size)",
+                  "for t in scheduler.timesteps:",
+                  "    x = scheduler.step(unet(x, t, class_labels=labels).sample, t, x).prev_sample", "```", ""]
     if metrics:
         lines += ["## Metrics of the run", "", "| metric | value |", "|---|---|"]
         lines += [f"| {k} | {v:.6g} |" for k, v in metrics.items() if isinstance(v, (int, float))] + [""]
