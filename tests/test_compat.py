@@ -133,3 +133,18 @@ def without_later_additions(cfg):
                 cfg[k] = old
         return {k: without_later_additions(v) for k, v in cfg.items()}
     return cfg
+
+
+def test_eval_warms_up_every_batch_shape_it_will_draw(tmp_path, monkeypatch):
+    """A ragged last batch is another compiled graph: the warm-up draws one batch of each shape, so the timed
+    sampling holds no compilation (benchmarks/RESULTS.md: 9.9 s of recompilation otherwise)."""
+    from ddpm.pipeline import evaluation
+    from tests.helpers.entry import run_entry
+
+    seen, real = [], evaluation.evaluate_request
+    monkeypatch.setattr(evaluation, "evaluate_request", lambda p, r, *a, **k: seen.append((r.n, r.batch_size))
+                        or real(p, r, *a, **k))
+    done = run_entry("eval", [f"ckpt_path={CKPT}", "n_samples=10", "batch_size=4", "warmup_batches=1",
+                              "sampler=ddim", "sampler.num_steps=3", "metrics=[]", "logger=none"], tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert seen == [(4, 4), (2, 2), (10, 4)]

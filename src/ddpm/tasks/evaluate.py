@@ -91,10 +91,14 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     with fabric.autocast():
         compiled = pipeline.forward is not pipeline.net
         warmup_batches = cfg.warmup_batches if cfg.warmup_batches is not None else int(compiled)
-        for i in range(warmup_batches):  # compile / capture CUDA graphs outside the timed part
-            warm = SampleRequest(n=min(cfg.batch_size, cfg.n_samples), batch_size=cfg.batch_size, seed=cfg.seed + i,
-                                 **conditioning)
-            warmup_seconds += evaluate_request(pipeline, warm).sampling_seconds
+        # compile / capture CUDA graphs outside the timed part, for every batch shape this rank will draw (a
+        # ragged last batch is another graph)
+        per_rank = -(-cfg.n_samples // world)
+        shapes = sorted({min(cfg.batch_size, per_rank), per_rank % cfg.batch_size} - {0}, reverse=True)
+        for i in range(warmup_batches):
+            for size in shapes:
+                warm = SampleRequest(n=size, batch_size=size, seed=cfg.seed + i, **conditioning)
+                warmup_seconds += evaluate_request(pipeline, warm).sampling_seconds
         bpd = (BitsPerDimRequest(datamodule.split("val"), cfg.bpd_images, cfg.seed, cfg.batch_size,
                                  cfg.bpd_clip_denoised) if "bpd" in cfg.metrics else None)
         evaluation = evaluate_request(pipeline, request, rank, world,
