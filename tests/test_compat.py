@@ -124,6 +124,8 @@ def without_later_additions(cfg):
         if "feature" in cfg and "reference_split" in cfg:  # a fid config
             for k, v in ADDED_FID_KEYS.items():
                 assert cfg.pop(k) == v
+        if "timestep_sampler" in cfg and "loss" in cfg:  # the objective group
+            assert cfg.pop("weighting") is None
         if cfg.get("_target_") == "ddpm.nn.unet.UNet":
             for k, v in ADDED_MODEL_KEYS.items():
                 assert cfg.pop(k) == v

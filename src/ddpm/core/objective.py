@@ -25,7 +25,8 @@ from torch import Tensor, nn
 from ddpm.core.guidance import conditional, drop_labels
 from ddpm.core.likelihood import EpsModel, vlb_terms_bpd
 from ddpm.core.parametrization import Parametrization
-from ddpm.errors import NonFiniteLossError
+from ddpm.core.weighting import LossWeighting
+from ddpm.errors import ConfigError, NonFiniteLossError
 
 LOSSES = ("simple", "vlb")
 TIMESTEP_SAMPLERS = ("uniform", "loss_aware")
@@ -43,6 +44,7 @@ class ObjectiveConfig:
     timestep_sampler: str = "uniform"
     loss_aware: Mapping[str, Any] | None = None
     cond_drop_prob: float = 0.0
+    weighting: Mapping[str, Any] | None = None  # a LossWeighting's config (`_target_`), built by the caller
 
     @classmethod
     def of(cls, config: ObjectiveConfig | Mapping[str, Any] | None) -> ObjectiveConfig:
@@ -79,10 +81,12 @@ def uniform_timesteps(num_timesteps: int, batch_size: int, device: torch.device,
 
 
 def training_terms(diffusion, model: EpsModel, x0: Tensor, t: Tensor | None = None, noise: Tensor | None = None,
-                   vlb_weight: float = 0.0, loss: str = "simple") -> dict[str, Tensor]:
+                   vlb_weight: float = 0.0, loss: str = "simple",
+                   weighting: LossWeighting | None = None) -> dict[str, Tensor]:
     """Per-sample losses (B,): `mse` (L_simple, in the prediction's space), `vlb` (L_t, bits/dim), `loss`:
-    "simple": mse, with a learned variance + vlb_weight T vlb, the mean frozen in vlb (L_hybrid; 0.001 gives
-    improved-diffusion's T / 1000, once); "vlb": T vlb, nothing frozen (improved-diffusion's rescaled KL)."""
+    "simple": mse (times the weighting's w(t) in the target's space, if any), with a learned variance + vlb_weight
+    T vlb, the mean frozen in vlb (L_hybrid; 0.001 gives improved-diffusion's T / 1000, once); "vlb": T vlb,
+    nothing frozen (improved-diffusion's rescaled KL)."""
     if loss not in LOSSES:
         raise ValueError(f"objective.loss must be one of {LOSSES}, got {loss!r}")
     d, param = diffusion, diffusion.parametrization
@@ -93,7 +97,12 @@ def training_terms(diffusion, model: EpsModel, x0: Tensor, t: Tensor | None = No
     param.check_output(out, x_t)
     pred = param.prediction_channels(out, c).float()
     mse = (pred - param.prediction.target(d, x0.float(), t, noise.float())).pow(2).flatten(1).mean(dim=1)
-    terms = {"mse": mse, "loss": mse}
+    weighted = mse
+    if weighting is not None:  # written in eps space; the parametrization says how it reads in the target's
+        abar = d.alphas_cumprod[t]  # float64
+        snr = abar / (1 - abar)
+        weighted = mse * (weighting.eps_weight(snr) * param.prediction.eps_mse_factor(snr)).float()
+    terms = {"mse": mse, "loss": weighted}
     if loss == "vlb":
         full = d.split_output(out.float(), x_t.float(), t)
         terms["vlb"] = vlb_terms_bpd(d, full.eps, x0, x_t, t, clip_denoised=False, var_frac=full.var_frac).float()
@@ -102,14 +111,14 @@ def training_terms(diffusion, model: EpsModel, x0: Tensor, t: Tensor | None = No
         # stop-gradient on the mean: L_t trains only the variance channels (Nichol & Dhariwal 2021, sec. 3.1)
         frozen = d.split_output(torch.cat([out[:, :c].detach(), out[:, c:]], 1).float(), x_t.float(), t)
         terms["vlb"] = vlb_terms_bpd(d, frozen.eps, x0, x_t, t, False, var_frac=frozen.var_frac).float()
-        terms["loss"] = mse + vlb_weight * d.num_timesteps * terms["vlb"]
+        terms["loss"] = weighted + vlb_weight * d.num_timesteps * terms["vlb"]
     return terms
 
 
 def training_losses(diffusion, model: EpsModel, x0: Tensor, t: Tensor | None = None, noise: Tensor | None = None,
-                    vlb_weight: float = 0.0, loss: str = "simple") -> Tensor:
+                    vlb_weight: float = 0.0, loss: str = "simple", weighting: LossWeighting | None = None) -> Tensor:
     """The per-sample loss (B,) of `training_terms`."""
-    return training_terms(diffusion, model, x0, t, noise, vlb_weight, loss)["loss"]
+    return training_terms(diffusion, model, x0, t, noise, vlb_weight, loss, weighting)["loss"]
 
 
 class UniformTimesteps(nn.Module):
@@ -216,8 +225,16 @@ class Objective:
     (its history is checkpointed there); this object is plain and only holds references."""
 
     def __init__(self, diffusion, config: ObjectiveConfig | Mapping[str, Any] | None, num_classes: int | None,
-                 null_label: int | None) -> None:
+                 null_label: int | None, weighting: LossWeighting | None = None) -> None:
+        """weighting: the LossWeighting that `config.weighting` configures (built by the caller from its
+        `_target_`)."""
         c = self.config = ObjectiveConfig.of(config)
+        if (weighting is None) != (not c.weighting):
+            raise ValueError("objective.weighting is configured but no LossWeighting was given, or the reverse")
+        if weighting is not None and c.loss == "vlb":
+            raise ConfigError("objective.weighting weighs L_simple; objective.loss=vlb is weighted by the bound "
+                              "itself: drop one")
+        self.weighting = weighting
         check_objective(diffusion.parametrization, c.loss, float(c.vlb_weight), c.timestep_sampler, num_classes,
                         float(c.cond_drop_prob))
         self.diffusion = diffusion
@@ -233,7 +250,7 @@ class Objective:
         if labels is not None:  # classifier-free guidance: the null label with probability cond_drop_prob
             labels = drop_labels(labels, self.null_label, self.cond_drop_prob)
         terms = training_terms(self.diffusion, conditional(net, labels), images, t=t, vlb_weight=self.vlb_weight,
-                               loss=self.loss)
+                               loss=self.loss, weighting=self.weighting)
         losses = terms["loss"]  # (B,)
         if self.timestep_sampler.learns:  # every rank's losses, so that all ranks draw from the same p
             self.timestep_sampler.update(gather(t), gather(losses.detach()))

@@ -38,6 +38,11 @@ class Prediction:
         """The prediction as eps, for the x_t it was made from."""
         raise NotImplementedError
 
+    def eps_mse_factor(self, snr: Tensor) -> Tensor:
+        """MSE in eps space / MSE in this target's space, at signal-to-noise ratio snr = abar / (1 - abar): a
+        weighting written in eps space weighs this target's MSE by its eps weight times this factor."""
+        raise NotImplementedError
+
     def to_eps_at(self, x_t: Tensor, pred: Tensor, alpha: float, sigma: float) -> Tensor:
         """The prediction as eps for x_t = alpha x_0 + sigma eps at any noise level, a fractional t included
         (EDM's sampler between the trained timesteps): alpha = sqrt(abar), sigma = sqrt(1 - abar)."""
@@ -51,6 +56,9 @@ class EpsPrediction(Prediction):
 
     def target(self, d: GaussianDiffusion, x0: Tensor, t: Tensor, eps: Tensor) -> Tensor:
         return eps
+
+    def eps_mse_factor(self, snr: Tensor) -> Tensor:
+        return snr.new_ones(snr.shape)
 
     def to_eps(self, d: GaussianDiffusion, x_t: Tensor, t: Tensor, pred: Tensor) -> Tensor:
         return pred
@@ -67,6 +75,9 @@ class X0Prediction(Prediction):
     def target(self, d: GaussianDiffusion, x0: Tensor, t: Tensor, eps: Tensor) -> Tensor:
         return x0
 
+    def eps_mse_factor(self, snr: Tensor) -> Tensor:  # x0 error = eps error / sqrt(snr)
+        return snr
+
     def to_eps(self, d: GaussianDiffusion, x_t: Tensor, t: Tensor, pred: Tensor) -> Tensor:
         return d.predict_eps_from_x0(x_t, t, pred)
 
@@ -81,6 +92,9 @@ class VPrediction(Prediction):
 
     def target(self, d: GaussianDiffusion, x0: Tensor, t: Tensor, eps: Tensor) -> Tensor:
         return d.v_target(x0, t, eps)
+
+    def eps_mse_factor(self, snr: Tensor) -> Tensor:  # v error = eps error / sqrt(abar), abar = snr / (1 + snr)
+        return snr / (1 + snr)
 
     def to_eps(self, d: GaussianDiffusion, x_t: Tensor, t: Tensor, pred: Tensor) -> Tensor:
         return d.predict_eps_from_v(x_t, t, pred)

@@ -48,7 +48,9 @@ class DiffusionModule(pl.LightningModule):
         self.hparams["perf"], self.hparams["objective"] = perf, objective
         self.diffusion, self.net, self.hparams["model"] = build_network(model, scheduler, image_shape, variance_type,
                                                                         prediction)
-        self.objective = Objective(self.diffusion, objective, self.num_classes, getattr(self.net, "null_label", None))
+        weighting = (objective or {}).get("weighting")
+        self.objective = Objective(self.diffusion, objective, self.num_classes, getattr(self.net, "null_label", None),
+                                   instantiate(weighting) if weighting else None)
         self.timestep_sampler = self.objective.timestep_sampler  # a submodule: its history is checkpointed
         # part of state_dict: checkpointed and restored with the network, used for every sample
         self.ema = EMA(self.net, ema_decay, ema_warmup).requires_grad_(False)
@@ -167,7 +169,8 @@ class DiffusionModule(pl.LightningModule):
         t = uniform_timesteps(self.diffusion.num_timesteps, images.shape[0], images.device, generator=g)
         noise = torch.randn(images.shape, device=images.device, generator=g, dtype=images.dtype)
         loss = training_losses(self.diffusion, conditional(self.ema.module, labels), images, t=t, noise=noise,
-                               vlb_weight=self.objective.vlb_weight, loss=self.objective.loss).mean()
+                               vlb_weight=self.objective.vlb_weight, loss=self.objective.loss,
+                               weighting=self.objective.weighting).mean()
         self.log("val/loss", loss, prog_bar=True, on_epoch=True, batch_size=images.shape[0], sync_dist=True)
         return loss
 
