@@ -47,6 +47,13 @@ def test_multirun_grid_gives_four_runs_and_a_summary(tmp_path):
                                               for m in ("unet_tiny", "unet_small")}
     assert all(float(r["val/fd_resnet"]) > 0 for r in rows)
     assert "Sweep summary" in proc.stdout
+    from ddpm.training.compute import read_evaluations
+
+    for job in jobs:  # quality against compute: every evaluation with the images and training seconds behind it
+        evals = read_evaluations(sweep / job)
+        assert evals and all(e["val/images_seen"] == e["step"] * 128 and e["val/train_seconds"] > 0 for e in evals)
+        assert all(e["val/fd_resnet"] > 0 for e in evals)
+    assert (sweep / "quality_vs_seconds.png").stat().st_size > 1000 and "Quality against compute" in proc.stdout
 
 
 @pytest.mark.slow

@@ -27,6 +27,7 @@ TARGETS = {
     "ddpm.samplers.DDIMSampler": "ddpm.core.samplers.ddim.DDIMSampler",
     "ddpm.samplers.DPMSolverSampler": "ddpm.core.samplers.dpm_solver.DPMSolverSampler",
     "ddpm.samplers.EDMSampler": "ddpm.core.samplers.edm.EDMSampler",
+    "ddpm.callbacks.Throughput": "ddpm.training.compute.Throughput",
     "ddpm.unet.": "ddpm.nn.unet.",
     "ddpm.schedules.": "ddpm.core.schedules.",
     "ddpm.callbacks.": "ddpm.training.callbacks.",

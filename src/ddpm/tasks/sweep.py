@@ -65,6 +65,42 @@ def summarize(sweep_dir: Path) -> None:
         writer.writerows(rows)
     shown = ["job", "swept", "status", *[k for k in metric_keys if k.startswith("val/")][:4]]
     print(f"\nSweep summary ({sweep_dir / 'summary.csv'}):\n{format_table(rows, shown)}")
+    plot_against_compute(sweep_dir, rows)
     failed = [r["job"] for r in rows if r["status"] != "success"]
     if failed:
         log.warning("Sweep jobs not successful: %s (see each job's metrics.json and log)", ", ".join(failed))
+
+
+QUALITY_KEYS = ("val/fid", "val/fd_resnet")  # the first one the jobs logged is plotted
+
+
+def plot_against_compute(sweep_dir: Path, rows: list[dict[str, Any]]) -> Path | None:
+    """<sweep dir>/quality_vs_seconds.png: each job's metric at every evaluation against its training seconds
+    (evaluations left out), one line per job labelled by what it swept. None when no job evaluated a metric."""
+    from ddpm.training.compute import read_evaluations
+
+    curves = {r["swept"] or r["job"]: read_evaluations(sweep_dir / r["job"]) for r in rows}
+    key = next((k for k in QUALITY_KEYS if any(k in e for c in curves.values() for e in c)), None)
+    if key is None:
+        return None
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        log.warning("the quality-against-compute plot needs matplotlib (pip install matplotlib); the table and "
+                    "each job's evaluations.jsonl are written")
+        return None
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for label, evals in curves.items():
+        points = [(e["val/train_seconds"], e[key]) for e in evals if key in e]
+        if points:
+            ax.plot(*zip(*points), marker="o", label=label)
+    ax.set(xlabel="training seconds (evaluations left out)", ylabel=key, yscale="log", title=sweep_dir.name)
+    ax.legend(fontsize=7)
+    path = sweep_dir / "quality_vs_seconds.png"
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    print(f"Quality against compute: {path}")
+    return path

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 import shutil
-import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -23,15 +22,10 @@ from ddpm.metrics import SampleMetrics
 from ddpm.pipeline import SampleRequest
 from ddpm.pipeline.evaluation import BitsPerDimRequest, evaluate_request
 from ddpm.runtime import stop
-from ddpm.training.loggers import log_image, log_metrics
+from ddpm.training.compute import TrainingClock, append_evaluation, images_seen
+from ddpm.training.loggers import log_image, report
 
 log = logging.getLogger(__name__)
-
-
-def report(trainer: pl.Trainer, metrics: dict[str, float]) -> None:
-    """Straight to the loggers (works in every hook, also on_train_end) and into callback_metrics."""
-    log_metrics(trainer.loggers, metrics, trainer.global_step)
-    trainer.callback_metrics.update({k: torch.tensor(float(v)) for k, v in metrics.items()})
 
 
 class SampleEvaluation(pl.Callback):
@@ -66,6 +60,7 @@ class SampleEvaluation(pl.Callback):
         self._validations = 0
         self._last_grid: Path | None = None
         self._last_step = -1
+        self.clock = TrainingClock()  # training seconds, evaluations left out
 
     # ----- hooks -------------------------------------------------------------------------------
     def bind(self, pl_module: pl.LightningModule) -> None:
@@ -75,6 +70,9 @@ class SampleEvaluation(pl.Callback):
             self.sampler = self._evaluation_sampler(pl_module.diffusion) if self.make_sampler else pl_module.sampler
         except ConfigError as err:  # the sampler says "sampler.<option>": here it is the evaluation sampler's
             raise ConfigError(f"callbacks.sample_eval.{err}") from err
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.clock.start()
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.sampler is None or self.sampler.diffusion is not pl_module.diffusion:
@@ -112,6 +110,19 @@ class SampleEvaluation(pl.Callback):
 
     # ----- work --------------------------------------------------------------------------------
     def evaluate(self, trainer: pl.Trainer, pl_module: pl.LightningModule, name: str) -> dict[str, float]:
+        """One evaluation (module docstring), its figures logged beside the compute that reached them."""
+        compute = {"val/train_seconds": self.clock.seconds(),
+                   "val/images_seen": images_seen(trainer.global_step, trainer.datamodule.batch_size,
+                                                  trainer.world_size, trainer.accumulate_grad_batches)}
+        with self.clock.paused():
+            results = self._evaluate(trainer, pl_module, name)
+        if results:
+            report(trainer, compute)
+            if trainer.is_global_zero:
+                append_evaluation(self.out_dir.parent, {"step": trainer.global_step, **compute, **results})
+        return results
+
+    def _evaluate(self, trainer: pl.Trainer, pl_module: pl.LightningModule, name: str) -> dict[str, float]:
         dm = trainer.datamodule
         sampler = self.sampler or pl_module.sampler
         chain = pick_frames(sampler.timesteps, self.chain_frames) if self.chain_frames > 1 else ()
@@ -246,35 +257,3 @@ class LossProgressBar(TQDMProgressBar):
         if getattr(pl_module, "checked_loss", None) is not None:
             metrics["train/loss"] = pl_module.checked_loss
         return metrics
-
-
-class Throughput(pl.Callback):
-    """Training images per second over windows of `window` steps after `warmup` steps (the GPU is synced
-    only at window ends), logged as train/img_per_s and summarised at the end of training."""
-
-    def __init__(self, warmup: int = 20, window: int = 50) -> None:
-        self.warmup, self.window = warmup, window
-        self._start: float | None = None
-        self._images = 0
-        self.rates: list[float] = []
-
-    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
-                           batch_idx: int) -> None:
-        step = trainer.global_step
-        if self._start is not None:
-            self._images += image_of(batch).shape[0] * trainer.world_size
-        if step < self.warmup or (step - self.warmup) % self.window:
-            return
-        if pl_module.device.type == "cuda":
-            torch.cuda.synchronize(pl_module.device)
-        now = time.perf_counter()
-        if self._start is not None:
-            self.rates.append(self._images / (now - self._start))
-            report(trainer, {"train/img_per_s": self.rates[-1]})
-        self._start, self._images = now, 0
-
-    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self.rates and trainer.is_global_zero:
-            rates = sorted(self.rates)
-            print(f"Throughput: median {rates[len(rates) // 2]:.0f} img/s over {len(rates)} windows of "
-                  f"{self.window} steps (after {self.warmup} warm-up steps)")

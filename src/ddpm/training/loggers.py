@@ -116,3 +116,11 @@ def log_image(loggers: list, key: str, path: Path, grid: Tensor, caption: str, s
 def log_metrics(loggers: list, metrics: dict[str, float], step: int) -> None:
     for logger in loggers:
         logger.log_metrics(metrics, step=step)
+
+
+def report(trainer: Any, metrics: dict[str, float]) -> None:
+    """Straight to the trainer's loggers (works in every hook, also on_train_end) and into callback_metrics."""
+    import torch
+
+    log_metrics(trainer.loggers, metrics, trainer.global_step)
+    trainer.callback_metrics.update({k: torch.tensor(float(v)) for k, v in metrics.items()})
