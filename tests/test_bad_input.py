@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
+from tests.helpers import OLD_CKPT as CKPT
 from tests.helpers import QUIET_EVAL
 from tests.helpers.entry import run_entry
-from tests.test_compat import CKPT
 
 SAMPLER_OPTIONS = [
     (["sampler.num_steps=0"], "sampler.num_steps must be between 1 and T = 1000"),

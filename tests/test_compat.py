@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,10 +15,9 @@ from ddpm.io.compat import TARGETS, instantiate, upgrade_run_config, upgrade_tar
 from ddpm.pipeline import SamplingPipeline
 from ddpm.tasks.config import compose
 from tests.conftest import CONF
+from tests.helpers import FIXTURES, OLD_CKPT, OLD_RUN
 
-FIXTURES = Path(__file__).parent / "fixtures"
-RUN = FIXTURES / "run_v0"
-CKPT = RUN / "checkpoints" / "last.ckpt"
+RUN, CKPT = OLD_RUN, OLD_CKPT
 
 
 def test_the_old_checkpoint_names_the_old_paths():

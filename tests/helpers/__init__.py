@@ -1,5 +1,11 @@
 """What several test files share: the exact denoiser of Gaussian data (`gaussian`), the entry points in-process
-(`entry`), and the overrides that make a run smoke-size."""
+(`entry`), the overrides that make a run smoke-size, and the checkpoint written before the layer move."""
+
+from pathlib import Path
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
+OLD_RUN = FIXTURES / "run_v0"  # a default run written by 008d7a2 (tests/fixtures/run_v0/README.md)
+OLD_CKPT = OLD_RUN / "checkpoints" / "last.ckpt"
 
 # training-time evaluation reduced to a 4-image grid: no FID, no bits/dim, no chain figure, no progress bar
 QUIET_EVAL = ["callbacks.sample_eval.n_grid=4", "callbacks.sample_eval.fid_samples=0",
