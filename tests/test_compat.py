@@ -123,7 +123,9 @@ def without_later_additions(cfg):
             for k, v in ADDED_FID_KEYS.items():
                 assert cfg.pop(k) == v
         if "timestep_sampler" in cfg and "loss" in cfg:  # the objective group
-            assert cfg.pop("weighting") is None
+            assert cfg.pop("weighting") is None and cfg.pop("log_normal") is None
+        if str(cfg.get("_target_", "")).startswith("ddpm.data."):  # a data config
+            assert cfg.pop("sigma_data") == "auto"
         if cfg.get("_target_") == "ddpm.nn.unet.UNet":
             for k, v in ADDED_MODEL_KEYS.items():
                 assert cfg.pop(k) == v

@@ -205,11 +205,12 @@ def test_one_dpm_solver_sde_step_by_hand():
 
 @pytest.mark.parametrize("prediction", sorted(PREDICTIONS))
 def test_eps_at_fractional_noise_levels_agrees_with_the_discrete_reading(prediction):
-    """What EDM reads between timesteps equals the discrete reading at every integer t (float64), for eps, x0, v."""
+    """What EDM reads between timesteps equals the discrete reading at every integer t (float64), for eps, x0, v and
+    EDM's preconditioned F."""
     from ddpm.core.parametrization import Parametrization
 
     d = diffusion()
-    param = Parametrization.of(prediction)
+    param = Parametrization.of(prediction, sigma_data=0.5 if prediction == "edm" else None)
     t = torch.tensor([0, 17, 500, 999])
     x_t = torch.randn(4, 1, 2, 2, dtype=torch.float64)
     pred = torch.randn(4, 1, 2, 2, dtype=torch.float64)

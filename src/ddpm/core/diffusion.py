@@ -50,9 +50,11 @@ class GaussianDiffusion(nn.Module):
     non-persistent, so checkpoints hold the schedule's config, never a copy of its numbers.
     """
 
-    def __init__(self, betas: Tensor, variance_type: str = "fixedlarge", prediction: str = "eps") -> None:
+    def __init__(self, betas: Tensor, variance_type: str = "fixedlarge", prediction: str = "eps",
+                 sigma_data: float | None = None) -> None:
+        """sigma_data: the data's standard deviation, for prediction=edm's preconditioning only."""
         super().__init__()
-        self.parametrization = Parametrization.of(prediction, variance_type)
+        self.parametrization = Parametrization.of(prediction, variance_type, sigma_data)
         betas = validate_betas(torch.as_tensor(betas, dtype=torch.float64).cpu())
         alphas = 1.0 - betas
         alphas_cumprod = torch.cumprod(alphas, dim=0)
@@ -96,6 +98,10 @@ class GaussianDiffusion(nn.Module):
     @property
     def prediction(self) -> str:
         return self.parametrization.prediction.name
+
+    @property
+    def sigma_data(self) -> float | None:
+        return self.parametrization.sigma_data
 
     @property
     def model_log_variance(self) -> Tensor:

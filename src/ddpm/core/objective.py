@@ -1,16 +1,9 @@
-"""What the training loss averages: which loss, and how t is drawn.
+"""What the training loss averages: which loss, how t is drawn (`timesteps.py`), and how it is weighted.
 
 `loss`: "simple" is L_simple (with a learned variance, L_hybrid = L_simple + lambda L_vlb, the mean frozen in
 L_vlb); "vlb" is L_vlb alone, T L_t per sample (its one-t estimate; every output, the mean too, trained by the
-bound). L_vlb's terms differ by orders of magnitude over t (L_0 and the first KLs dominate), so uniform t makes
-a noisy estimate of it; Nichol & Dhariwal (2021, sec. 3.3) draw t by importance instead:
-
-    p_t  proportional to  sqrt(E[L_t^2])   (the last `history_per_term` losses of each t),
-    mixed with `uniform_prob` of the uniform so that no t starves, and each loss weighted 1 / (T p_t),
-
-so E_{t ~ p}[L_t / (T p_t)] = (1/T) sum_t L_t: the same objective as uniform t, with a smaller variance
-(p_t proportional to |L_t| would make it zero). Until every t holds its full history, t stays uniform with
-weight 1. Under DDP every rank updates with the losses of all ranks, so all draw from the same p.
+bound). L_simple is the MSE in the space of the network's target (the parametrization's: eps, x_0, v, or EDM's
+preconditioned F), times the loss weighting's w(t) if one is configured (`weighting.py`).
 """
 
 from __future__ import annotations
@@ -25,11 +18,18 @@ from torch import Tensor, nn
 from ddpm.core.guidance import conditional, drop_labels
 from ddpm.core.likelihood import EpsModel, vlb_terms_bpd
 from ddpm.core.parametrization import Parametrization
+from ddpm.core.timesteps import (  # noqa: F401  (re-exported: the objective's parts, by their old import path)
+    TIMESTEP_SAMPLERS,
+    LogNormalTimesteps,
+    LossSecondMomentTimesteps,
+    UniformTimesteps,
+    build_timestep_sampler,
+    uniform_timesteps,
+)
 from ddpm.core.weighting import LossWeighting
 from ddpm.errors import ConfigError, NonFiniteLossError
 
 LOSSES = ("simple", "vlb")
-TIMESTEP_SAMPLERS = ("uniform", "loss_aware")
 
 
 @dataclass(frozen=True)
@@ -43,6 +43,7 @@ class ObjectiveConfig:
     vlb_weight: float = 0.001
     timestep_sampler: str = "uniform"
     loss_aware: Mapping[str, Any] | None = None
+    log_normal: Mapping[str, Any] | None = None  # p_mean, p_std of timestep_sampler=log_normal (EDM)
     cond_drop_prob: float = 0.0
     weighting: Mapping[str, Any] | None = None  # a LossWeighting's config (`_target_`), built by the caller
 
@@ -72,12 +73,6 @@ def check_objective(parametrization: Parametrization, loss: str, vlb_weight: flo
         raise ValueError("objective.cond_drop_prob needs a class-conditional model: set model.num_classes")
     if not 0.0 <= cond_drop_prob <= 1.0:
         raise ValueError(f"objective.cond_drop_prob must be in [0, 1], got {cond_drop_prob}")
-
-
-def uniform_timesteps(num_timesteps: int, batch_size: int, device: torch.device,
-                      generator: torch.Generator | None = None) -> Tensor:
-    """t ~ U{0, ..., T-1}, one per sample: the one place uniform t is drawn (training and validation)."""
-    return torch.randint(0, num_timesteps, (batch_size,), device=device, generator=generator)
 
 
 def training_terms(diffusion, model: EpsModel, x0: Tensor, t: Tensor | None = None, noise: Tensor | None = None,
@@ -121,85 +116,6 @@ def training_losses(diffusion, model: EpsModel, x0: Tensor, t: Tensor | None = N
     return training_terms(diffusion, model, x0, t, noise, vlb_weight, loss, weighting)["loss"]
 
 
-class UniformTimesteps(nn.Module):
-    """t ~ U{0, ..., T-1} (DDPM), weight 1. No state: a module only so that both samplers sit in the tree."""
-
-    learns = False  # update() is a no-op: the training step need not gather losses
-
-    def __init__(self, num_timesteps: int) -> None:
-        super().__init__()
-        self.num_timesteps = int(num_timesteps)
-
-    def sample(self, batch_size: int, device: torch.device) -> tuple[Tensor, Tensor | None]:
-        """t (B,) and the per-sample loss weights (B,), None for all ones."""
-        return uniform_timesteps(self.num_timesteps, batch_size, device), None
-
-    def update(self, t: Tensor, losses: Tensor) -> None:
-        pass
-
-
-class LossSecondMomentTimesteps(UniformTimesteps):
-    """Importance sampling of t from each t's last `history_per_term` losses (module docstring). The history is
-    a buffer: it is checkpointed, so a resumed run draws from the same p."""
-
-    learns = True
-
-    def __init__(self, num_timesteps: int, history_per_term: int, uniform_prob: float) -> None:
-        super().__init__(num_timesteps)
-        if int(history_per_term) < 1:
-            raise ValueError(f"objective.loss_aware.history_per_term must be >= 1, got {history_per_term}")
-        if not 0.0 < uniform_prob <= 1.0:
-            raise ValueError(f"objective.loss_aware.uniform_prob must be in (0, 1], got {uniform_prob}")
-        self.uniform_prob = float(uniform_prob)
-        T, H = self.num_timesteps, int(history_per_term)
-        self.register_buffer("loss_history", torch.zeros(T, H, dtype=torch.float64))  # ring buffer per t
-        self.register_buffer("loss_count", torch.zeros(T, dtype=torch.long))  # entries held, <= H
-        self.register_buffer("write_pos", torch.zeros(T, dtype=torch.long))  # next slot of each ring
-
-    def probabilities(self) -> Tensor:
-        """p_t (T,) float64: uniform until every t holds H losses, then sqrt(E[L_t^2]) mixed with uniform."""
-        T, H = self.loss_history.shape
-        p = self.loss_history.pow(2).mean(dim=1).sqrt()
-        p = (1 - self.uniform_prob) * p / p.sum() + self.uniform_prob / T
-        warm = (self.loss_count == H).all()
-        return torch.where(warm, p, torch.full_like(p, 1.0 / T))  # no host sync: the branch stays on device
-
-    def sample(self, batch_size: int, device: torch.device) -> tuple[Tensor, Tensor | None]:
-        p = self.probabilities()
-        t = torch.multinomial(p, batch_size, replacement=True)
-        warm = (self.loss_count == self.loss_history.shape[1]).all()
-        weights = torch.where(warm, 1.0 / (self.num_timesteps * p[t]), torch.ones_like(p[t]))
-        return t.to(device), weights.float().to(device)
-
-    @torch.no_grad()
-    def update(self, t: Tensor, losses: Tensor) -> None:
-        """Append each sample's loss to its t's history (in batch order; a t drawn more than H times in one
-        batch keeps its last H), vectorised: no host sync per step."""
-        T, H = self.loss_history.shape
-        t = t.flatten().to(self.loss_count.device)
-        losses = losses.detach().flatten().to(self.loss_history)
-        order = torch.argsort(t, stable=True)
-        t, losses = t[order], losses[order]
-        counts = torch.bincount(t, minlength=T)  # (T,) draws of each t in this batch
-        first = torch.cumsum(counts, 0) - counts  # where each t's run starts in the sorted batch
-        rank = torch.arange(t.numel(), device=t.device) - first[t]  # 0, 1, ... within each t's run
-        keep = rank >= counts[t] - H  # the last H of a run: distinct slots of the ring
-        slot = (self.write_pos[t] + rank) % H
-        self.loss_history[t[keep], slot[keep]] = losses[keep]
-        self.write_pos.add_(counts).remainder_(H)
-        self.loss_count.add_(counts).clamp_(max=H)
-
-
-def build_timestep_sampler(name: str, num_timesteps: int, loss_aware: dict | None) -> UniformTimesteps:
-    """The sampler `objective.timestep_sampler` names; loss_aware takes `objective.loss_aware`'s numbers."""
-    if name == "uniform":
-        return UniformTimesteps(num_timesteps)
-    if not loss_aware:
-        raise ValueError("objective.timestep_sampler=loss_aware needs objective.loss_aware "
-                         "(history_per_term, uniform_prob: conf/objective/ddpm.yaml)")
-    return LossSecondMomentTimesteps(num_timesteps, **loss_aware)
-
-
 @dataclass
 class TrainingLoss:
     """One step's objective: the scalar to minimise, the per-sample losses (B,) and their t, and L_hybrid's parts."""
@@ -239,7 +155,9 @@ class Objective:
                         float(c.cond_drop_prob))
         self.diffusion = diffusion
         self.timestep_sampler = build_timestep_sampler(c.timestep_sampler, diffusion.num_timesteps,
-                                                       dict(c.loss_aware) if c.loss_aware else None)
+                                                       dict(c.loss_aware) if c.loss_aware else None,
+                                                       dict(c.log_normal) if c.log_normal else None,
+                                                       diffusion.alphas_cumprod)
         self.loss, self.vlb_weight, self.cond_drop_prob = c.loss, float(c.vlb_weight), float(c.cond_drop_prob)
         self.null_label = null_label
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from torch import Tensor
+from torch import Tensor, nn
 
 if TYPE_CHECKING:  # the diffusion supplies the schedule's coefficients; it imports this module, not the reverse
     from ddpm.core.diffusion import GaussianDiffusion
@@ -47,6 +47,10 @@ class Prediction:
         """The prediction as eps for x_t = alpha x_0 + sigma eps at any noise level, a fractional t included
         (EDM's sampler between the trained timesteps): alpha = sqrt(abar), sigma = sqrt(1 - abar)."""
         raise NotImplementedError
+
+    def wrap(self, net: nn.Module, d: GaussianDiffusion) -> nn.Module:
+        """The network as this prediction calls it: itself, unless its input is conditioned too (EDM)."""
+        return net
 
 
 class EpsPrediction(Prediction):
@@ -103,6 +107,54 @@ class VPrediction(Prediction):
         return sigma * x_t + alpha * pred  # v = alpha eps - sigma x_0 and x_t = alpha x_0 + sigma eps
 
 
+class EDMPrediction(Prediction):
+    """EDM's preconditioning (Karras et al. 2022, Table 1) on the schedule's noise levels. In EDM's variable
+    x = x_t / sqrt(abar_t) = x_0 + sigma eps, sigma = sqrt((1 - abar_t) / abar_t), the denoiser is
+
+        D(x; sigma) = c_skip x + c_out F(c_in x; c_noise),   c_skip = sd^2 / (sigma^2 + sd^2),
+        c_out = sigma sd / sqrt(sigma^2 + sd^2),   c_in = 1 / sqrt(sigma^2 + sd^2),
+
+    sd = sigma_data, the data's standard deviation. The network's input side (c_in x and c_noise, here the
+    timestep t(sigma) as EDM's VP preconditioning uses: the U-Net's time embedding is built for that scale) is
+    `EDMPreconditioned` (`wrap`); its output F is read here as eps = (x - D) / sigma. L_simple in F's space,
+    unweighted, is EDM's loss: lambda(sigma) ||D - x_0||^2 with lambda = (sigma^2 + sd^2) / (sigma sd)^2 equals
+    ||F - F_target||^2 (lambda c_out^2 = 1). With sd = 1, F_target = -v."""
+
+    name = "edm"
+
+    def __init__(self, sigma_data: float) -> None:
+        if not (isinstance(sigma_data, (int, float)) and sigma_data > 0):
+            raise ValueError(f"module.sigma_data must be a number > 0 (the data's standard deviation in [-1, 1]: "
+                             f"data.sigma_data), got {sigma_data!r}")
+        self.sigma_data = float(sigma_data)
+
+    def target(self, d: GaussianDiffusion, x0: Tensor, t: Tensor, eps: Tensor) -> Tensor:
+        """F_target = (x_0 - c_skip x) / c_out = (sigma x_0 - sd^2 eps) / (sd sqrt(sigma^2 + sd^2))."""
+        sigma, sd = d.at(d.sqrt_recipm1_alphas_cumprod, t, x0), self.sigma_data
+        return (sigma * x0 - sd**2 * eps) / (sd * (sigma**2 + sd**2).sqrt())
+
+    def _eps(self, x: Tensor, pred: Tensor, sigma: Tensor | float) -> Tensor:
+        """eps = (x - D) / sigma = x sigma / (sigma^2 + sd^2) - sd F / sqrt(sigma^2 + sd^2), x in EDM's variable."""
+        sd2 = self.sigma_data**2
+        return x * (sigma / (sigma**2 + sd2)) - pred * (self.sigma_data / (sigma**2 + sd2) ** 0.5)
+
+    def to_eps(self, d: GaussianDiffusion, x_t: Tensor, t: Tensor, pred: Tensor) -> Tensor:
+        x = d.at(d.sqrt_recip_alphas_cumprod, t, x_t) * x_t
+        return self._eps(x, pred, d.at(d.sqrt_recipm1_alphas_cumprod, t, x_t))
+
+    def to_eps_at(self, x_t: Tensor, pred: Tensor, alpha: float, sigma: float) -> Tensor:
+        return self._eps(x_t / alpha, pred, sigma / alpha)
+
+    def eps_mse_factor(self, snr: Tensor) -> Tensor:  # eps error = -sd / sqrt(sigma^2 + sd^2) F error, sigma^2 = 1/snr
+        sd2 = self.sigma_data**2
+        return sd2 * snr / (1 + sd2 * snr)
+
+    def wrap(self, net: nn.Module, d: GaussianDiffusion) -> nn.Module:
+        from ddpm.core.preconditioning import EDMPreconditioned
+
+        return EDMPreconditioned(net, self.sigma_data, d.alphas_cumprod)
+
+
 # ----- variances --------------------------------------------------------------------------------
 class Variance:
     """sigma_t^2 of p(x_{t-1} | x_t). Fixed ones are a table over t; `learned` ones read C extra channels."""
@@ -154,7 +206,8 @@ class LearnedRange(Variance):
         return frac * d.at(d.log_betas, t, like) + (1 - frac) * d.at(d.posterior_log_variance_clipped, t, like)
 
 
-PREDICTIONS: dict[str, type[Prediction]] = {p.name: p for p in (EpsPrediction, X0Prediction, VPrediction)}
+PREDICTIONS: dict[str, type[Prediction]] = {p.name: p for p in (EpsPrediction, X0Prediction, VPrediction,
+                                                                 EDMPrediction)}
 VARIANCES: dict[str, type[Variance]] = {v.name: v for v in (FixedLarge, FixedSmall, LearnedRange)}
 
 
@@ -164,13 +217,28 @@ class Parametrization:
     variance: Variance
 
     @classmethod
-    def of(cls, prediction: str = "eps", variance_type: str = "fixedlarge") -> Parametrization:
-        """From the config's names (`module.prediction`, `module.variance_type`)."""
+    def of(cls, prediction: str = "eps", variance_type: str = "fixedlarge",
+           sigma_data: float | None = None) -> Parametrization:
+        """From the config's names (`module.prediction`, `module.variance_type`; `module.sigma_data` for edm)."""
         if variance_type not in VARIANCES:
             raise ValueError(f"module.variance_type must be one of {tuple(VARIANCES)}, got {variance_type!r}")
         if prediction not in PREDICTIONS:
             raise ValueError(f"module.prediction must be one of {tuple(PREDICTIONS)}, got {prediction!r}")
+        if prediction == EDMPrediction.name:
+            return cls(EDMPrediction(sigma_data), VARIANCES[variance_type]())  # type: ignore[arg-type]
+        if sigma_data is not None:
+            raise ValueError(f"module.sigma_data is EDM's preconditioning (module.prediction=edm); prediction="
+                             f"{prediction} does not read it: drop module.sigma_data or use objective=edm")
         return cls(PREDICTIONS[prediction](), VARIANCES[variance_type]())
+
+    @property
+    def sigma_data(self) -> float | None:
+        """EDM's sigma_data for a preconditioned network, else None (what a checkpoint records)."""
+        return getattr(self.prediction, "sigma_data", None)
+
+    def wrap(self, net: nn.Module, d: GaussianDiffusion) -> nn.Module:
+        """The network with the input side of its prediction's conditioning (EDM's c_in and c_noise), or itself."""
+        return self.prediction.wrap(net, d)
 
     def out_channels(self, channels: int) -> int:
         """Channels the network returns for images of `channels` channels: 2C with a learned variance."""

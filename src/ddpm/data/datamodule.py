@@ -8,6 +8,8 @@ missing or corrupt data set fails with one message that says what to do.
 
 from __future__ import annotations
 
+import math
+
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -40,15 +42,20 @@ class ImageDataModule(pl.LightningDataModule):
 
     def __init__(self, root: str, image_size: int, channels: int, batch_size: int, val_fraction: float,
                  random_flip: bool, num_workers: int, split_seed: int, pin_memory: bool, name: str,
-                 shuffle_seed: int | None, fit: str = "resize", labels: bool = False) -> None:
+                 shuffle_seed: int | None, fit: str = "resize", labels: bool = False,
+                 sigma_data: float | str | None = "auto") -> None:
         """fit: "pad" or "resize" when the set's images are smaller than image_size. labels: batches are
-        (images, labels) for a class-conditional model (model.num_classes set). Configs of older runs are
-        upgraded by `compat.upgrade_data_config`."""
+        (images, labels) for a class-conditional model (model.num_classes set). sigma_data: the training images'
+        standard deviation as the network sees them, for EDM's preconditioning; "auto": `pixel_std()` measures
+        it when a run needs it. Configs of older runs are upgraded by `compat.upgrade_data_config`."""
         super().__init__()
         if not 0.0 < val_fraction < 1.0:
             raise ValueError(f"data.val_fraction must be in (0, 1), got {val_fraction}")
         if fit not in FITS:
             raise ValueError(f"data.fit must be one of {FITS}, got {fit!r}")
+        if not (sigma_data in (None, "auto") or (isinstance(sigma_data, (int, float)) and sigma_data > 0)):
+            raise ValueError(f"data.sigma_data must be auto or a number > 0, got {sigma_data!r}")
+        self.sigma_data = sigma_data
         self.root, self.name, self.fit = Path(root), name, fit
         self.image_size, self.channels, self.batch_size = image_size, channels, batch_size
         self.val_fraction, self.random_flip, self.num_workers = val_fraction, random_flip, num_workers
@@ -114,6 +121,17 @@ class ImageDataModule(pl.LightningDataModule):
             labels.append(y)
         has_labels = all(y is not None for y in labels)
         return torch.cat(images), (torch.cat(labels).long() if has_labels else None)
+
+    def pixel_std(self, batch_size: int = 1024) -> float:
+        """The standard deviation of the training split's pixels as the network sees them (in [-1, 1], fitted
+        to image_size; padding included), over all pixels: EDM's sigma_data. Float64 sums, one pass."""
+        total = torch.zeros(3, dtype=torch.float64)  # count, sum, sum of squares
+        loader = DataLoader(self.split("train"), batch_size=batch_size, num_workers=self.num_workers)
+        for batch in loader:
+            x = image_of(batch).double()
+            total += torch.stack([torch.tensor(float(x.numel()), dtype=torch.float64), x.sum(), x.pow(2).sum()])
+        n, s1, s2 = total.tolist()
+        return math.sqrt(max(s2 / n - (s1 / n) ** 2, 0.0))
 
     # ----- loaders ---------------------------------------------------------------------------------
     def _loader(self, ds: Dataset, sampler: EpochSampler | None, drop_last: bool) -> DataLoader:

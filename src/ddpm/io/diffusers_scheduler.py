@@ -53,6 +53,10 @@ def scheduler_to_diffusers(hp: dict[str, Any]) -> dict[str, Any]:
     """The DDPMScheduler config that reproduces a checkpoint's schedule, variance, prediction and clipping."""
     scheduler, target = dict(hp["scheduler"]), hp["scheduler"]["_target_"]
     names = {v: k for k, v in SCHEDULES.items()}
+    if hp["prediction"] not in PREDICTIONS.values():
+        raise ConfigError(f"module.prediction={hp['prediction']}: a diffusers DDPMScheduler reads eps, x0 or v "
+                          "predictions only (EDM's preconditioned network has no UNet2DModel equivalent); sample it "
+                          "with eval.py")
     out: dict[str, Any] = {"variance_type": {v: k for k, v in VARIANCES.items()}[hp["variance_type"]],
                            "prediction_type": {v: k for k, v in PREDICTIONS.items()}[hp["prediction"]],
                            "clip_sample": bool(hp["sampler"].get("clip_denoised", True)),

@@ -78,13 +78,15 @@ def eval_mode(net: nn.Module) -> Iterator[nn.Module]:
 
 
 def build_network(model: dict[str, Any], scheduler: dict[str, Any], image_shape: Sequence[int],
-                  variance_type: str = "fixedlarge", prediction: str = "eps") -> tuple[GaussianDiffusion, nn.Module,
-                                                                                      dict[str, Any]]:
+                  variance_type: str = "fixedlarge", prediction: str = "eps",
+                  sigma_data: float | None = None) -> tuple[GaussianDiffusion, nn.Module, dict[str, Any]]:
     """The diffusion of `scheduler` and the network of `model` with as many output channels as the
-    parametrization needs (decided here, for training and for every checkpoint loaded), and that network config."""
-    diffusion = GaussianDiffusion(instantiate(scheduler), variance_type=variance_type, prediction=prediction)
+    parametrization needs (decided here, for training and for every checkpoint loaded), wrapped in its input
+    conditioning if it has one (EDM's), and that network config."""
+    diffusion = GaussianDiffusion(instantiate(scheduler), variance_type=variance_type, prediction=prediction,
+                                  sigma_data=sigma_data)
     model = diffusion.parametrization.network_config(model, int(image_shape[0]))
-    return diffusion, instantiate(model), model
+    return diffusion, diffusion.parametrization.wrap(instantiate(model), diffusion), model
 
 
 class SamplingPipeline:
@@ -133,7 +135,7 @@ class SamplingPipeline:
         ckpt = contents if contents is not None else read_checkpoint(path, scheduler)
         hp = upgrade_hparams(dict(ckpt["hyper_parameters"]))
         diffusion, net, _ = build_network(hp["model"], hp["scheduler"], hp["image_shape"], hp["variance_type"],
-                                          hp["prediction"])
+                                          hp["prediction"], hp.get("sigma_data"))
         net.load_state_dict(network_weights(ckpt, "ema" if use_ema else "net"))
         device = torch.device(device)
         net, diffusion = net.to(device).requires_grad_(False).eval(), diffusion.to(device)

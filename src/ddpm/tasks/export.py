@@ -35,7 +35,7 @@ def export(cfg: DictConfig) -> Path:
 
     ckpt = read_checkpoint(cfg.ckpt_path)
     hp = upgrade_hparams(ckpt["hyper_parameters"])
-    param = Parametrization.of(hp["prediction"], hp["variance_type"])
+    param = Parametrization.of(hp["prediction"], hp["variance_type"], hp.get("sigma_data"))
     model = param.network_config(dict(hp["model"]), int(hp["image_shape"][0]))
     unet_cfg = unet_config_to_diffusers(model)  # refusals before anything is written
     sched_cfg = scheduler_to_diffusers(hp)

@@ -173,6 +173,20 @@ def assign_gpu(cfg: DictConfig, sweep: dict | None) -> None:
             cfg.trainer.devices = [sweep["job"] % torch.cuda.device_count()]
 
 
+def resolve_sigma_data(cfg: DictConfig, datamodule) -> None:
+    """module.sigma_data=auto (objective=edm with data.sigma_data=auto): measured on the training split and written
+    into the run's config, so its config.yaml and checkpoints hold the number the network was preconditioned with."""
+    from omegaconf import open_dict
+
+    if cfg.module.get("sigma_data") != "auto":
+        return
+    value = round(datamodule.pixel_std(), 4)
+    log.info("sigma_data: measured %.4f on %s's training split (EDM's preconditioning; set data.sigma_data to fix "
+             "it)", value, datamodule.name)
+    with open_dict(cfg):
+        cfg.module.sigma_data = value
+
+
 def train(cfg: DictConfig) -> dict[str, float]:
     """Fit a DDPM as configured; writes and returns the final logged metrics as floats. A stop signal during
     training raises `preemption.Interrupted` after last.ckpt and metrics.json (status=interrupted) are written."""
@@ -197,6 +211,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     check_multirun_devices(cfg, sweep)
     assign_gpu(cfg, sweep)
     datamodule = instantiate(cfg.data)
+    resolve_sigma_data(cfg, datamodule)
     module = build_module(cfg)
     if source is not None:
         load_init_weights(module, source)

@@ -33,10 +33,11 @@ class DiffusionModule(pl.LightningModule):
                  optimizer: dict[str, Any], image_shape: Sequence[int], variance_type: str, lr_warmup_steps: int,
                  ema_decay: float, ema_warmup: bool, val_seed: int, check_every_n_steps: int,
                  perf: dict[str, Any] | None = None, prediction: str = OLD["prediction"],
-                 objective: dict[str, Any] | None = None, **legacy: Any) -> None:
+                 objective: dict[str, Any] | None = None, sigma_data: float | None = None, **legacy: Any) -> None:
         """perf: the `perf` config group (None: eager fp32). check_every_n_steps: how often the loss is checked
         for NaN and the per-quarter losses are logged (each check waits for the GPU); 0 never. prediction: eps | x0
-        | v; objective: the `objective` config group (`core/objective.py`). The defaults are the values of
+        | v | edm (sigma_data: EDM's preconditioning, the data's standard deviation); objective: the `objective`
+        config group (`core/objective.py`). The defaults are the values of
         checkpoints saved before these keys existed; older checkpoints' module-level keys are read by
         `io/compat.py`."""
         super().__init__()
@@ -47,7 +48,7 @@ class DiffusionModule(pl.LightningModule):
         self.save_hyperparameters()
         self.hparams["perf"], self.hparams["objective"] = perf, objective
         self.diffusion, self.net, self.hparams["model"] = build_network(model, scheduler, image_shape, variance_type,
-                                                                        prediction)
+                                                                        prediction, sigma_data)
         weighting = (objective or {}).get("weighting")
         self.objective = Objective(self.diffusion, objective, self.num_classes, getattr(self.net, "null_label", None),
                                    instantiate(weighting) if weighting else None)

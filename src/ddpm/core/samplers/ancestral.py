@@ -24,7 +24,7 @@ def respaced(diffusion: GaussianDiffusion, timesteps: Sequence[int]) -> Gaussian
     abar = diffusion.alphas_cumprod.detach().cpu()[kept]  # float64
     abar_prev = torch.cat([torch.ones(1, dtype=torch.float64), abar[:-1]])
     return GaussianDiffusion(1.0 - abar / abar_prev, variance_type=diffusion.variance_type,
-                             prediction=diffusion.prediction)
+                             prediction=diffusion.prediction, sigma_data=diffusion.sigma_data)
 
 
 class AncestralSampler(Sampler):
