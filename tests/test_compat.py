@@ -126,6 +126,10 @@ def without_later_additions(cfg):
             assert cfg.pop("weighting") is None and cfg.pop("log_normal") is None
         if str(cfg.get("_target_", "")).startswith("ddpm.data."):  # a data config
             assert cfg.pop("sigma_data") == "auto"
+        if "ema_decay" in cfg:  # the module settings
+            assert cfg.pop("ema_profiles") == []
+        if "ckpt_path" in cfg and "n_samples" in cfg:  # eval.py's config
+            assert cfg.pop("ema") is None
         if cfg.get("_target_") == "ddpm.nn.unet.UNet":
             for k, v in ADDED_MODEL_KEYS.items():
                 assert cfg.pop(k) == v

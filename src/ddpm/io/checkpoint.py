@@ -56,10 +56,17 @@ def read_checkpoint(path: str | Path, scheduler: dict[str, Any] | None = None,
 WEIGHT_PREFIXES = {"ema": "ema.module.", "net": "net."}  # where a checkpoint's state_dict holds each network
 
 
+def ema_profile_names(ckpt: dict[str, Any]) -> list[str]:
+    """The power-function EMAs a checkpoint tracks (module.ema_profiles), named by their sigma_rel ("0.05")."""
+    return [f"{float(s):g}" for s in ckpt["hyper_parameters"].get("ema_profiles") or ()]
+
+
 def network_weights(ckpt: dict[str, Any], which: str = "ema") -> dict[str, torch.Tensor]:
     """The state_dict of one network of a checkpoint (as `read_checkpoint` returns it): "ema", the averaged weights
-    every sample is drawn with, or "net", the trained ones."""
-    if which not in WEIGHT_PREFIXES:
-        raise ValueError(f"which must be one of {sorted(WEIGHT_PREFIXES)}, got {which!r}")
-    prefix = WEIGHT_PREFIXES[which]
+    every sample is drawn with, "net", the trained ones, or a tracked power-function EMA by its sigma_rel."""
+    prefixes = {**WEIGHT_PREFIXES, **{name: f"ema_profiles.{i}.module." for i, name in
+                                      enumerate(ema_profile_names(ckpt))}}
+    if which not in prefixes:
+        raise ConfigError(f"weights {which!r}: this checkpoint holds {', '.join(prefixes)}")
+    prefix = prefixes[which]
     return {k[len(prefix):]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}

@@ -13,7 +13,8 @@ import importlib
 from typing import Any, Mapping
 
 PERF_KEYS = ("compile", "compile_mode", "channels_last", "fused_optimizer", "sample_precision")
-MODULE_DEFAULTS = {"prediction": "eps", "sigma_data": None}  # keys added after the first checkpoints: their values then (DDPM's)
+# keys added after the first checkpoints: their values then (DDPM's)
+MODULE_DEFAULTS = {"prediction": "eps", "sigma_data": None, "ema_profiles": []}
 MODEL_DEFAULTS = {  # U-Net keys added later, with the values the older networks were built with
     "num_classes": None, "downsample_padding": 1, "attention_head_dim": None, "flip_sin_to_cos": False,
     "freq_shift": 1, "resnet_time_scale_shift": "default", "mid_attention_norm": True}

@@ -1,10 +1,21 @@
-"""The exponential moving average of the weights, used for every sample (Ho et al. 2020: decay 0.9999).
+"""The exponential moving average of the weights, used for every sample (Ho et al. 2020: decay 0.9999), and
+EDM2's power-function averages (Karras et al. 2024), several of which a run can track to choose the EMA length
+after training.
 
-torch.optim.swa_utils does the averaging; this module adds a host-side decay (no device read per step)
-and the optional warm-up of TF's ExponentialMovingAverage(num_updates).
+torch.optim.swa_utils does the averaging; this module adds a host-side decay (no device read per step), the
+optional warm-up of TF's ExponentialMovingAverage(num_updates), and the power-function decay: after optimizer step
+t (1-based) beta_t = (1 - 1/t)^(gamma + 1), which makes the average weigh the weights of step s by
+s^(gamma+1) - (s-1)^(gamma+1), the power function t^gamma integrated over the step. Its length is the relative
+standard deviation sigma_rel of that profile over the run (EDM2's eq. 3):
+
+    sigma_rel^2 = (gamma + 1) / ((gamma + 2)^2 (gamma + 3)),
+
+so a profile is as long, relative to the run, at every step: the choice survives a change of training length.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import Tensor
@@ -20,6 +31,33 @@ def ema_decay_at(step: int, decay: float, warmup: bool) -> float:
     if step <= 0:
         return 0.0
     return min(decay, (1 + step) / (10 + step)) if warmup else decay
+
+
+def power_function_gamma(sigma_rel: float) -> float:
+    """gamma of the power-function profile whose relative standard deviation is sigma_rel (EDM2's eq. 3 solved for
+    gamma >= 0, by bisection: sigma_rel decreases in gamma). sigma_rel must lie in (0, sqrt(1/12)): gamma = 0 is
+    the uniform average over the run, sqrt(1/12) long; a longer profile (gamma < 0) would weigh the first, random
+    weights most, and is refused.)"""
+    limit = math.sqrt(1 / 12)
+    if not 0 < sigma_rel < limit:
+        raise ValueError(f"module.ema_profiles: sigma_rel must be in (0, {limit:.4f}) (EDM2 used 0.05 to 0.2), got "
+                         f"{sigma_rel}")
+
+    def rel(gamma: float) -> float:
+        return math.sqrt((gamma + 1) / ((gamma + 2) ** 2 * (gamma + 3)))
+
+    lo, hi = 0.0, 1.0
+    while rel(hi) > sigma_rel:  # rel decreases in gamma
+        hi *= 2
+    for _ in range(200):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if rel(mid) > sigma_rel else (lo, mid)
+    return (lo + hi) / 2
+
+
+def power_ema_decay_at(step: int, gamma: float) -> float:
+    """beta after optimizer step `step` (0-based): (1 - 1 / (step + 1))^(gamma + 1); 0 at step 0 (a copy)."""
+    return 0.0 if step <= 0 else (1 - 1 / (step + 1)) ** (gamma + 1)
 
 
 class EMA(AveragedModel):
@@ -58,3 +96,14 @@ class EMA(AveragedModel):
             cached = (model, [([e for e, _ in g], [n for _, n in g]) for g in groups if g])
             self.__dict__["_lists"] = cached
         return cached[1]
+
+
+class PowerEMA(EMA):
+    """EDM2's power-function EMA of relative length `sigma_rel` (module docstring): no decay or warm-up to tune."""
+
+    def __init__(self, model: torch.nn.Module, sigma_rel: float) -> None:
+        super().__init__(model, decay=0.0, warmup=False)
+        self.sigma_rel, self.gamma = float(sigma_rel), power_function_gamma(float(sigma_rel))
+
+    def step(self, model: torch.nn.Module, step: int) -> None:
+        self.update_parameters(model, power_ema_decay_at(step, self.gamma))

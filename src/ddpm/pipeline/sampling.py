@@ -121,13 +121,13 @@ class SamplingPipeline:
     def from_checkpoint(cls, path: str | Path, device: str | torch.device = "cpu", use_ema: bool = True,
                         sampler: dict[str, Any] | None = None, perf: dict[str, Any] | None = None,
                         scheduler: dict[str, Any] | None = None,
-                        contents: dict[str, Any] | None = None) -> SamplingPipeline:
+                        contents: dict[str, Any] | None = None, weights: str | None = None) -> SamplingPipeline:
         """The checkpoint's EMA network (use_ema=False: the trained one) on `device`, its diffusion and sampler
         (`sampler`: another sampler config, its diffusion filled in) and its execution plan (`perf`: another).
         Every checkpoint this framework wrote loads, old ones through `compat.upgrade_hparams`; so does a diffusers
         DDPM folder or hf:<id> (`checkpoint.read_checkpoint`; scheduler: the schedule of a bare UNet folder).
         contents: the checkpoint as already read (a caller that read it to check it need not read or convert it
-        again)."""
+        again). weights: "ema", "net" or a tracked power-function EMA's sigma_rel ("0.05"); None: as use_ema says."""
         from ddpm.io.checkpoint import network_weights, read_checkpoint
         from ddpm.io.compat import upgrade_hparams
         from ddpm.runtime.perf import resolve_plan
@@ -136,7 +136,7 @@ class SamplingPipeline:
         hp = upgrade_hparams(dict(ckpt["hyper_parameters"]))
         diffusion, net, _ = build_network(hp["model"], hp["scheduler"], hp["image_shape"], hp["variance_type"],
                                           hp["prediction"], hp.get("sigma_data"))
-        net.load_state_dict(network_weights(ckpt, "ema" if use_ema else "net"))
+        net.load_state_dict(network_weights(ckpt, weights or ("ema" if use_ema else "net")))
         device = torch.device(device)
         net, diffusion = net.to(device).requires_grad_(False).eval(), diffusion.to(device)
         plan = resolve_plan(perf if perf is not None else hp["perf"], device)

@@ -57,31 +57,68 @@ def _inputs(cfg: DictConfig) -> tuple[Path, dict[str, Any], Any]:
 
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
+    """Evaluate the weights `cfg.ema` chooses (`weight_choices`); with ema=all, each tracked EMA into its own folder
+    (ema_<sigma_rel>/), the run's EMA last into the run folder with every one's figures under `by_ema`."""
     from hydra.utils import instantiate
     from lightning.fabric import Fabric
 
     from ddpm.metrics import SampleMetrics
-    from ddpm.pipeline import SampleRequest, SamplingPipeline
-    from ddpm.pipeline.evaluation import BitsPerDimRequest, evaluate_request
 
     ckpt, contents, data_cfg = _inputs(cfg)
+    names = weight_choices(cfg, contents)
     fabric = Fabric(accelerator=cfg.accelerator, devices=cfg.devices, precision=cfg.precision)
     fabric.launch()
-    pipeline = SamplingPipeline.from_checkpoint(ckpt, fabric.device, use_ema=cfg.use_ema,
-                                                sampler=_sampler_config(cfg),
-                                                perf=to_plain(cfg.get("perf")) or None,
-                                                contents=contents)
     datamodule = instantiate(data_cfg) if data_cfg is not None else None  # its to_eval crops padded samples
     if datamodule is not None and {"fid", "bpd"} & set(cfg.metrics):  # the files only where a metric reads them
         datamodule.check()
     out_dir = Path(cfg.paths.output_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    rank, world = fabric.global_rank, fabric.world_size
-
     metrics = None
     if "fid" in cfg.metrics:
         metrics = SampleMetrics(**to_plain(cfg.fid))
-        metrics.prepare_on_ranks(datamodule, fabric.device, rank == 0, fabric.barrier)
+        metrics.prepare_on_ranks(datamodule, fabric.device, fabric.global_rank == 0, fabric.barrier)
+    by_ema: dict[str, dict[str, Any]] = {}
+    for name in names[1:]:
+        _, by_ema[name] = _evaluate_weights(cfg, name, fabric, ckpt, contents, datamodule, metrics,
+                                            out_dir / f"ema_{name}", log_run=False)
+    results, _ = _evaluate_weights(cfg, names[0], fabric, ckpt, contents, datamodule, metrics, out_dir,
+                                   log_run=True, by_ema=by_ema)
+    if by_ema and fabric.global_rank == 0:
+        for name, scores in results["by_ema"].items():
+            print(f"{name:>6}: " + ", ".join(f"{k} {v:.4g}" for k, v in scores.items()
+                                            if isinstance(v, float) and not k.endswith("_n")))
+    return results
+
+
+def weight_choices(cfg: DictConfig, contents: dict[str, Any]) -> list[str]:
+    """The weights to evaluate, the one whose results the run folder gets first: `ema` null -> the run's EMA
+    ("ema"; "net" with use_ema=false); a tracked power-function profile by its sigma_rel; all -> "ema" and every
+    profile. ConfigError naming the choices for anything else."""
+    from ddpm.io.checkpoint import ema_profile_names
+
+    choice, profiles = cfg.get("ema"), ema_profile_names(contents)
+    if choice is None:
+        return ["ema" if cfg.use_ema else "net"]
+    if str(choice) == "all":
+        return ["ema", *profiles]
+    name = f"{float(choice):g}" if isinstance(choice, (int, float)) else str(choice)
+    if name not in ("ema", "net", *profiles):
+        raise ConfigError(f"ema={choice}: this checkpoint holds ema, net"
+                          f"{''.join(', ' + p for p in profiles)} (module.ema_profiles) and all")
+    return [name]
+
+
+def _evaluate_weights(cfg: DictConfig, name: str, fabric: Any, ckpt: Path, contents: dict[str, Any], datamodule: Any,
+                      metrics: Any, out_dir: Path, log_run: bool,
+                      by_ema: dict[str, dict[str, Any]] | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """One set of weights: sample, score, write out_dir (rank 0), log to the loggers if `log_run`. Returns what
+    metrics.json holds and the metrics alone."""
+    from ddpm.pipeline import SampleRequest, SamplingPipeline
+    from ddpm.pipeline.evaluation import BitsPerDimRequest, evaluate_request
+
+    pipeline = SamplingPipeline.from_checkpoint(ckpt, fabric.device, weights=name, sampler=_sampler_config(cfg),
+                                                perf=to_plain(cfg.get("perf")) or None, contents=contents)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rank, world = fabric.global_rank, fabric.world_size
     sampler = pipeline.sampler
     conditioning = {"classes": to_plain(cfg.get("classes")), "per_row": cfg.nrow,
                     "guidance_scale": float(cfg.get("guidance_scale") or 0.0)}
@@ -108,9 +145,10 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     np.savez(out_dir / f"samples_rank{rank}.npz", samples.images.permute(0, 2, 3, 1).numpy())
 
     step = int(contents["global_step"])
-    results: dict[str, Any] = {"ckpt_path": str(ckpt.resolve()), "global_step": step, "use_ema": bool(cfg.use_ema),
-                               "seed": int(cfg.seed), "n_samples": samples.n_total, "sampler": sampler.describe(),
-                               "nfe": sampler.nfe, "clip_denoised": getattr(sampler, "clip_denoised", None),
+    results: dict[str, Any] = {"ckpt_path": str(ckpt.resolve()), "global_step": step, "weights": name,
+                               "use_ema": name != "net", "seed": int(cfg.seed), "n_samples": samples.n_total,
+                               "sampler": sampler.describe(), "nfe": sampler.nfe,
+                               "clip_denoised": getattr(sampler, "clip_denoised", None),
                                "sampling_seconds": round(evaluation.sampling_seconds, 3),
                                "warmup_seconds": round(warmup_seconds, 3)}
     if pipeline.num_classes is not None:
@@ -118,10 +156,12 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     results.update(evaluation.results)
     if bpd is not None:
         results["bpd_clip_denoised"] = bool(cfg.bpd_clip_denoised)
+    if by_ema:  # every tracked EMA's metrics beside the run's own
+        results["by_ema"] = {name: dict(evaluation.results), **by_ema}
     fabric.barrier()
     if rank == 0:
-        _write(cfg, out_dir, results, world)
-    return results
+        _write(cfg, out_dir, results, world, log_run)
+    return results, dict(evaluation.results)
 
 
 def _sampler_config(cfg: DictConfig) -> dict[str, Any] | None:
@@ -131,8 +171,8 @@ def _sampler_config(cfg: DictConfig) -> dict[str, Any] | None:
     return {**sampler, "cap_at_num_timesteps": True} if sampler else None
 
 
-def _write(cfg: DictConfig, out_dir: Path, results: dict[str, Any], world: int) -> None:
-    """Rank 0: the shards as one samples.npz, the grid, metrics.json, and the loggers."""
+def _write(cfg: DictConfig, out_dir: Path, results: dict[str, Any], world: int, log_run: bool = True) -> None:
+    """Rank 0: the shards as one samples.npz, the grid, metrics.json, and (log_run) the loggers."""
     from torchvision.utils import save_image
 
     from ddpm.core.images import to_grid
@@ -146,10 +186,12 @@ def _write(cfg: DictConfig, out_dir: Path, results: dict[str, Any], world: int) 
     grid = to_grid(torch.from_numpy(samples[: cfg.n_grid]).permute(0, 3, 1, 2), cfg.nrow, cfg.upscale)
     save_image(grid, out_dir / "samples.png")
     write_metrics(out_dir, results)
-    for logger in build_loggers(to_plain(cfg.get("logger")), cfg.wandb_connect_timeout_s):
+    for logger in build_loggers(to_plain(cfg.get("logger")), cfg.wandb_connect_timeout_s) if log_run else []:
         logger.log_hyperparams(to_plain(cfg))
-        log_metrics([logger], {f"eval/{k}": v for k, v in results.items() if isinstance(v, (int, float))},
-                    results["global_step"])
+        flat = {f"eval/{k}": v for k, v in results.items() if isinstance(v, (int, float))}
+        flat.update({f"eval/{name}/{k}": v for name, scores in results.get("by_ema", {}).items()
+                     for k, v in scores.items() if isinstance(v, (int, float))})
+        log_metrics([logger], flat, results["global_step"])
         log_image([logger], "eval/samples", out_dir / "samples.png", grid, "EMA samples", results["global_step"])
         logger.finalize("success")
     log.info("Metrics: %s", json.dumps(results))

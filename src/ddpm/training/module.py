@@ -21,7 +21,7 @@ from ddpm.core.objective import Objective, finite_loss, training_losses, uniform
 from ddpm.data.order import unpack_batch
 from ddpm.io.compat import MODULE_DEFAULTS as OLD
 from ddpm.io.compat import instantiate, legacy_objective, legacy_perf
-from ddpm.nn.ema import EMA
+from ddpm.nn.ema import EMA, PowerEMA
 from ddpm.pipeline import SamplingPipeline, build_network
 from ddpm.runtime.perf import ExecutionPlan, resolve_plan
 from ddpm.training.optim import build_optimizer, clip_gradients
@@ -33,11 +33,13 @@ class DiffusionModule(pl.LightningModule):
                  optimizer: dict[str, Any], image_shape: Sequence[int], variance_type: str, lr_warmup_steps: int,
                  ema_decay: float, ema_warmup: bool, val_seed: int, check_every_n_steps: int,
                  perf: dict[str, Any] | None = None, prediction: str = OLD["prediction"],
-                 objective: dict[str, Any] | None = None, sigma_data: float | None = None, **legacy: Any) -> None:
+                 objective: dict[str, Any] | None = None, sigma_data: float | None = None,
+                 ema_profiles: Sequence[float] = (), **legacy: Any) -> None:
         """perf: the `perf` config group (None: eager fp32). check_every_n_steps: how often the loss is checked
         for NaN and the per-quarter losses are logged (each check waits for the GPU); 0 never. prediction: eps | x0
         | v | edm (sigma_data: EDM's preconditioning, the data's standard deviation); objective: the `objective`
-        config group (`core/objective.py`). The defaults are the values of
+        config group (`core/objective.py`); ema_profiles: the sigma_rel of each power-function EMA tracked
+        beside `ema` (EDM2; eval.py ema=<sigma_rel> or ema=all). The defaults are the values of
         checkpoints saved before these keys existed; older checkpoints' module-level keys are read by
         `io/compat.py`."""
         super().__init__()
@@ -55,6 +57,7 @@ class DiffusionModule(pl.LightningModule):
         self.timestep_sampler = self.objective.timestep_sampler  # a submodule: its history is checkpointed
         # part of state_dict: checkpointed and restored with the network, used for every sample
         self.ema = EMA(self.net, ema_decay, ema_warmup).requires_grad_(False)
+        self.ema_profiles = torch.nn.ModuleList(PowerEMA(self.net, s).requires_grad_(False) for s in ema_profiles)
         self.sampler = instantiate(sampler, diffusion=self.diffusion)
         self.image_shape = tuple(image_shape)
         self.checked_loss: float | None = None  # train/loss at the last NaN check (shown by LossProgressBar)
@@ -101,6 +104,8 @@ class DiffusionModule(pl.LightningModule):
         if self.plan.channels_last:
             self.net.to(memory_format=torch.channels_last)
             self.ema.module.to(memory_format=torch.channels_last)
+            for profile in self.ema_profiles:
+                profile.module.to(memory_format=torch.channels_last)
 
     def network(self, which: str) -> torch.nn.Module:
         """The training net ("train") or the EMA net ("sample"), compiled on first use as the plan says."""
@@ -145,6 +150,8 @@ class DiffusionModule(pl.LightningModule):
         """Step, then move the EMA towards the new weights (once per optimizer step, also with accumulation)."""
         super().optimizer_step(*args, **kwargs)
         self.ema.step(self.net, self.global_step - 1)  # global_step already counts this step
+        for profile in self.ema_profiles:
+            profile.step(self.net, self.global_step - 1)
 
     def configure_optimizers(self) -> dict[str, Any]:
         return build_optimizer(self.hparams.optimizer, self.net.parameters(), self.plan.fused_optimizer,
