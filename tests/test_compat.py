@@ -126,6 +126,10 @@ def without_later_additions(cfg):
             assert cfg.pop("weighting") is None and cfg.pop("log_normal") is None
         if str(cfg.get("_target_", "")).startswith("ddpm.data."):  # a data config
             assert cfg.pop("sigma_data") == "auto"
+        if "throughput" in cfg and "progress_bar" in cfg:  # the callbacks
+            assert cfg.pop("startup") == {"_target_": "ddpm.training.compute.StartupReport", "at_step": 20}
+        if "compile_mode" in cfg:  # a perf group
+            assert cfg.pop("compile_scope") == "model" and cfg.pop("compile_cache_dir").endswith("torch_compile")
         if "ema_decay" in cfg:  # the module settings
             assert cfg.pop("ema_profiles") == []
         if "ckpt_path" in cfg and "n_samples" in cfg:  # eval.py's config

@@ -46,6 +46,7 @@ def test_gpu_and_cpu_options_force_their_choices_on_any_device():
 @pytest.mark.parametrize("change, message", [
     ({"compile": "sometimes"}, "perf.compile must be true, false or auto"),
     ({"compile_mode": "fastest"}, "perf.compile_mode must be one of"),
+    ({"compile_scope": "layers"}, "perf.compile_scope must be one of"),
     ({"sample_precision": "fp8"}, "perf.sample_precision must be 32, bf16 or auto"),
     ({"data_on_device_max_gib": -1.0}, "data_on_device_max_gib must be >= 0"),
     ({"unknown": 1}, "unexpected keyword argument 'unknown'"),
@@ -73,3 +74,62 @@ def test_nothing_in_the_repo_points_outside_it():
              if p.is_file() and p.suffix in (".py", ".yaml", ".md")] + [ROOT / "README.md"]
     outside = "../" + "shared"  # the project's seed documents: the repo must stand alone
     assert [str(p) for p in texts if outside in p.read_text()] == []
+
+
+def test_regional_compilation_compiles_each_repeated_block_in_place():
+    from ddpm.nn.unet import AttentionBlock, ResBlock
+
+    perf = {**to_plain(compose(["perf=cpu"]).perf), "compile": True, "compile_scope": "regional",
+            "compile_cache_dir": None}
+    net = instantiate_unet()
+    keys = list(net.state_dict())
+    out = resolve_plan(perf, torch.device("cpu")).compile_network(net, sampling=False)
+    assert out is net and list(out.state_dict()) == keys  # the checkpoint's keys do not change
+    blocks = [m for m in net.modules() if isinstance(m, (ResBlock, AttentionBlock))]
+    assert blocks and all(m._compiled_call_impl is not None for m in blocks)
+    assert net._compiled_call_impl is None  # the glue stays eager
+    with pytest.raises(ConfigError, match="marks no block"):
+        resolve_plan(perf, torch.device("cpu")).compile_network(torch.nn.Linear(2, 2), sampling=False)
+
+
+def instantiate_unet():
+    from ddpm.io.compat import instantiate
+
+    return instantiate(to_plain(compose(["model=unet_tiny"]).model))
+
+
+CACHE_PROBE = """
+import json, sys, torch
+from ddpm.runtime.perf import compile_stats, resolve_plan
+perf = {"compile": True, "compile_mode": "default", "channels_last": False, "fused_optimizer": False,
+        "sample_precision": "32", "data_on_device": False, "data_on_device_max_gib": 0.0, "compile_scope": "model",
+        "compile_cache_dir": sys.argv[1]}
+net = resolve_plan(perf, torch.device("cpu")).compile_network(torch.nn.Linear(4, 4), sampling=False)
+net(torch.randn(2, 4)).sum().backward()
+print(json.dumps(compile_stats()))
+"""
+
+
+@pytest.mark.slow
+def test_a_second_process_compiles_from_the_kept_cache(tmp_path):
+    """perf.compile_cache_dir: the second process finds the first one's FX graphs and AOTAutograd entries there
+    (compile_stats, what StartupReport logs), whatever torch's default folder holds."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k not in ("TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR")}
+    env["PYTHONPATH"] = str(ROOT / "src")
+
+    def run() -> dict:
+        proc = subprocess.run([sys.executable, "-c", CACHE_PROBE, str(tmp_path / "cache")], capture_output=True,
+                              text=True, env=env, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        return json.loads(proc.stdout.strip().splitlines()[-1])
+
+    first, second = run(), run()
+    assert first["fx_graph_cache_misses"] > 0 and first["fx_graph_cache_hits"] == 0
+    assert second["fx_graph_cache_hits"] == first["fx_graph_cache_misses"] and second["fx_graph_cache_misses"] == 0
+    assert second["aot_autograd_cache_hits"] >= 1
+    assert first["cache_dir"] == second["cache_dir"] == str(tmp_path / "cache")

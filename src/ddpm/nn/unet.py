@@ -47,6 +47,8 @@ class ResBlock(nn.Module):
     scale_shift (improved-diffusion's use_scale_shift_norm, diffusers' "scale_shift") the embedding instead
     modulates the second norm: GN(h) (1 + scale) + shift."""
 
+    compile_region = True  # a repeated block: perf.compile_scope=regional compiles it alone
+
     def __init__(self, in_ch: int, out_ch: int, temb_ch: int, dropout: float, groups: int, eps: float,
                  scale_shift: bool = False) -> None:
         super().__init__()
@@ -73,6 +75,8 @@ class ResBlock(nn.Module):
 
 class AttentionBlock(nn.Module):
     """Self-attention over the H*W positions through `scaled_dot_product_attention` (flash / mem-efficient)."""
+
+    compile_region = True
 
     def __init__(self, ch: int, num_heads: int, groups: int, eps: float, norm: bool = True) -> None:
         super().__init__()

@@ -5,11 +5,21 @@ whichever plan runs them.
 The `perf` config group (`auto`, `gpu`, `cpu`) says what is wanted; `resolve_plan` turns it into one frozen
 `ExecutionPlan` for the training device, once (DiffusionModule.setup), and the module and the data module
 read that object: no option is re-decided per step.
+
+Cold start. torch.compile's cost is paid at the first step: Dynamo traces, AOTAutograd builds the backward,
+Inductor generates and Triton compiles the kernels. Its caches (the FX graph cache, the AOTAutograd cache and
+Triton's kernels) skip all but the tracing on a later run that compiles the same graphs -- if that run finds them:
+`compile_cache_dir` keeps them in one folder every run of the project reads (a sweep's later jobs, a resumed run,
+eval.py), not in a temporary folder. `compile_scope=regional` compiles each repeated block of the network (the
+classes marked `compile_region`) instead of the whole network: blocks of the same shapes share one compiled graph,
+the glue between them runs eagerly. `compile_stats` says what was compiled, how long it took and what came from
+the caches (logged by `training.compute.StartupReport`).
 """
 
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -26,6 +36,7 @@ COMPILE_MODES: dict[str, dict[str, bool]] = {
     "max-autotune": {"max_autotune": True, "triton.cudagraphs": True, "coordinate_descent_tuning": True},
 }
 SAMPLE_MODE = "reduce-overhead"  # sampling runs the same shapes T times: CUDA graphs remove the launch overhead
+COMPILE_SCOPES = ("model", "regional")
 
 
 @dataclass(frozen=True)
@@ -39,6 +50,8 @@ class Perf:
     sample_precision: str
     data_on_device: bool | str
     data_on_device_max_gib: float
+    compile_scope: str = "model"  # the defaults: runs saved before these keys existed
+    compile_cache_dir: str | None = None
 
 
 @dataclass(frozen=True)
@@ -46,6 +59,8 @@ class ExecutionPlan:
     device: torch.device
     compile: bool = False
     compile_mode: str = "default"
+    compile_scope: str = "model"
+    compile_cache_dir: str | None = None
     channels_last: bool = False
     fused_optimizer: bool = False
     sample_bf16: bool = False
@@ -73,9 +88,18 @@ class ExecutionPlan:
         U-Net (some convolutions halve the channels), and cuDNN then transposes around each convolution."""
         if not self.compile:
             return net
+        use_compile_cache(self.compile_cache_dir)
         options = self._options(SAMPLE_MODE if sampling else self.compile_mode)
         if self.channels_last:
             options["force_layout_optimization"] = True
+        if self.compile_scope == "regional":
+            regions = [m for m in net.modules() if getattr(type(m), "compile_region", False)]
+            if not regions:
+                raise ConfigError(f"perf.compile_scope=regional: {type(net).__name__} marks no block as a "
+                                  "compile_region; use perf.compile_scope=model")
+            for region in regions:  # in place: the module, its parameters and its state_dict keys stay as they are
+                region.compile(options=options or None, dynamic=False)
+            return net
         return torch.compile(net, options=options or None, dynamic=False)  # type: ignore[return-value]
 
     def holds_data(self, nbytes: int) -> bool:
@@ -92,6 +116,8 @@ def resolve_plan(perf: dict[str, Any] | None, device: torch.device, precision: s
         raise ConfigError(f"perf: {err}; expected the keys {[f.name for f in fields(Perf)]} (see conf/perf/)") from err
     if p.compile_mode not in COMPILE_MODES:
         raise ConfigError(f"perf.compile_mode must be one of {list(COMPILE_MODES)}, got {p.compile_mode!r}")
+    if p.compile_scope not in COMPILE_SCOPES:
+        raise ConfigError(f"perf.compile_scope must be one of {list(COMPILE_SCOPES)}, got {p.compile_scope!r}")
     if str(p.sample_precision) not in ("32", "bf16", "auto"):  # Hydra reads `sample_precision=32` as an int
         raise ConfigError(f"perf.sample_precision must be 32, bf16 or auto, got {p.sample_precision!r}")
     if not p.data_on_device_max_gib >= 0:
@@ -104,8 +130,10 @@ def resolve_plan(perf: dict[str, Any] | None, device: torch.device, precision: s
             raise ConfigError(f"perf.{name} must be true, false or auto, got {value!r}")
         return cuda if value == "auto" else bool(value)
 
+    compile = switch("compile")
     plan = ExecutionPlan(
-        device=device, compile=switch("compile"), compile_mode=p.compile_mode, channels_last=switch("channels_last"),
+        device=device, compile=compile, compile_mode=p.compile_mode, compile_scope=p.compile_scope,
+        compile_cache_dir=p.compile_cache_dir if compile else None, channels_last=switch("channels_last"),
         fused_optimizer=switch("fused_optimizer"),
         sample_bf16=str(p.sample_precision) == "bf16" or (p.sample_precision == "auto" and cuda),
         data_on_device_max_gib=(math.inf if p.data_on_device is True else
@@ -116,6 +144,39 @@ def resolve_plan(perf: dict[str, Any] | None, device: torch.device, precision: s
         raise ConfigError("perf.fused_optimizer cannot be combined with trainer.precision=16-mixed (the fused step "
                           "unscales the gradients after clipping); use bf16-mixed or perf.fused_optimizer=false")
     return plan
+
+
+def use_compile_cache(directory: str | None) -> None:
+    """Keep torch.compile's caches (Inductor's FX graphs, AOTAutograd's, Triton's kernels) in `directory` (None:
+    torch's own choice, TORCHINDUCTOR_CACHE_DIR or a folder under /tmp). Set before a process compiles anything,
+    as the plan does at its first compile."""
+    if directory is None:
+        return
+    path = os.path.abspath(os.path.expanduser(str(directory)))
+    os.makedirs(path, exist_ok=True)
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = path
+    os.environ.pop("TRITON_CACHE_DIR", None)  # Triton's kernels then go to <path>/triton
+
+
+def compile_stats() -> dict[str, Any]:
+    """What torch.compile did in this process so far: seconds spent (Dynamo's frame compile, Inductor's
+    compile, the backward's), graphs compiled, and the hits and misses of the FX graph and AOTAutograd caches.
+    Read from torch._dynamo's counters (private API: missing entries read 0)."""
+    try:
+        from torch._dynamo.utils import calculate_time_spent, counters
+    except ImportError:  # pragma: no cover - torch without dynamo
+        return {}
+    spent = calculate_time_spent()
+    inductor, aot = counters["inductor"], counters["aot_autograd"]
+    return {"compile_seconds": round(float(spent.get("entire_frame_compile", 0.0))
+                                     + float(spent.get("entire_backward_compile", 0.0)), 2),
+            "inductor_seconds": round(float(spent.get("inductor_compile", 0.0)), 2),
+            "graphs": int(counters["stats"]["unique_graphs"]),
+            "fx_graph_cache_hits": int(inductor["fxgraph_cache_hit"]),
+            "fx_graph_cache_misses": int(inductor["fxgraph_cache_miss"]),
+            "aot_autograd_cache_hits": int(aot["autograd_cache_hit"]),
+            "aot_autograd_cache_misses": int(aot["autograd_cache_miss"]),
+            "cache_dir": os.environ.get("TORCHINDUCTOR_CACHE_DIR")}
 
 
 def match_state_layout(optimizer: torch.optim.Optimizer) -> None:
