@@ -56,14 +56,18 @@ def test_instantiate_refuses_hydra_only_keys():
         instantiate({"_target_": "ddpm.schedules.linear_betas", "_partial_": True, "num_timesteps": 10})
 
 
-def test_the_old_checkpoint_samples_bit_identically_through_the_pipeline():
+def test_the_old_checkpoint_samples_as_it_did_through_the_pipeline():
+    """The same samples as the old code drew, to float rounding: a CPU with other vector units (AVX-512 against
+    AVX2) rounds the 1000 steps of the ancestral chain differently, by about 1e-6; a change in what the checkpoint
+    means (schedule, parametrization, variance) moves them by 1e-2 or more."""
     ref = torch.load(RUN / "samples.pt", weights_only=True)
     pipe = SamplingPipeline.from_checkpoint(CKPT)
-    assert torch.equal(pipe.sample(4, seed=0).images, ref["chain_ancestral"])
+    torch.testing.assert_close(pipe.sample(4, seed=0).images, ref["chain_ancestral"], rtol=0, atol=1e-5)
     for name, sampler in {"ddim": DDIMSampler(pipe.diffusion, num_steps=10),
                           "edm": EDMSampler(pipe.diffusion, num_steps=5, s_churn=10),
                           "dpm_sde": DPMSolverSampler(pipe.diffusion, num_steps=10, sde=True)}.items():
-        assert torch.equal(pipe.with_sampler(sampler).sample(4, seed=1).images, ref[name]), name
+        torch.testing.assert_close(pipe.with_sampler(sampler).sample(4, seed=1).images, ref[name], rtol=0, atol=1e-5,
+                                   msg=name)
 
 
 @pytest.mark.slow
@@ -88,7 +92,8 @@ def test_the_old_checkpoint_loads_into_the_lightning_module():
     module = DiffusionModule.load_from_checkpoint(CKPT, map_location="cpu")
     ref = torch.load(RUN / "samples.pt", weights_only=True)
     assert module.objective.config.loss == "simple" and module.hparams.objective["vlb_weight"] == 0.001
-    assert torch.equal(module.pipeline().sample(4, seed=0).images, ref["chain_ancestral"])
+    # to float rounding, as in test_the_old_checkpoint_samples_as_it_did_through_the_pipeline
+    torch.testing.assert_close(module.pipeline().sample(4, seed=0).images, ref["chain_ancestral"], rtol=0, atol=1e-5)
 
 
 def test_composed_configs_are_those_of_before_the_move_key_by_key():

@@ -21,6 +21,7 @@ from ddpm.core.objective import (
 )
 from ddpm.core.parametrization import Parametrization
 from ddpm.core.schedules import linear_betas
+from ddpm.core.timesteps import inverse_cdf_timesteps
 
 
 def _filled(T=6, H=3, uniform_prob=0.05, seed=0):
@@ -182,3 +183,14 @@ def test_the_objective_object_weights_gathers_and_splits_by_quarter():
     assert manual.by_quarter(40) == {0: (1.5, 2), 1: (3.0, 1), 3: (5.0, 1)}
     with pytest.raises(ValueError, match="objective.timestep_sampler must be one of"):
         Objective(d, {"timestep_sampler": "importance"}, None, None)
+
+
+def test_inverse_cdf_draws_each_t_with_its_probability():
+    """Frequencies of 400,000 draws against p (zeros included): each within 5 binomial standard errors, and a t of
+    zero mass never drawn."""
+    p = torch.tensor([0.0, 0.5, 0.0, 0.1, 0.3, 0.0999, 0.0001], dtype=torch.float64)
+    torch.manual_seed(0)
+    t = inverse_cdf_timesteps(torch.cumsum(p, 0), 400_000, torch.device("cpu"))
+    freq = torch.bincount(t, minlength=len(p)).double() / t.numel()
+    se = (p * (1 - p) / t.numel()).sqrt()
+    assert (freq[p == 0] == 0).all() and ((freq - p).abs() <= 5 * se + 1e-12).all(), freq

@@ -41,6 +41,15 @@ def uniform_timesteps(num_timesteps: int, batch_size: int, device: torch.device,
     return torch.randint(0, num_timesteps, (batch_size,), device=device, generator=generator)
 
 
+def inverse_cdf_timesteps(cdf: Tensor, batch_size: int, device: torch.device) -> Tensor:
+    """t (B,) with P(t <= i) proportional to cdf[i] (cdf (T,) non-decreasing, cdf[-1] the total mass), by the
+    inverse CDF: t = the number of cdf values <= u, u ~ U[0, cdf[-1]). Not torch.multinomial, which checks its
+    probabilities on the host: a wait for the GPU at every training step."""
+    cdf = cdf.to(device)
+    u = torch.rand(batch_size, device=device, dtype=cdf.dtype) * cdf[-1]
+    return torch.searchsorted(cdf, u, right=True).clamp_(max=cdf.numel() - 1)  # u * cdf[-1] may round up to it
+
+
 class UniformTimesteps(nn.Module):
     """t ~ U{0, ..., T-1} (DDPM), weight 1. No state: a module only so that both samplers sit in the tree."""
 
@@ -86,7 +95,7 @@ class LossSecondMomentTimesteps(UniformTimesteps):
 
     def sample(self, batch_size: int, device: torch.device) -> tuple[Tensor, Tensor | None]:
         p = self.probabilities()
-        t = torch.multinomial(p, batch_size, replacement=True)
+        t = inverse_cdf_timesteps(torch.cumsum(p, 0), batch_size, p.device)
         warm = (self.loss_count == self.loss_history.shape[1]).all()
         weights = torch.where(warm, 1.0 / (self.num_timesteps * p[t]), torch.ones_like(p[t]))
         return t.to(device), weights.float().to(device)
@@ -125,16 +134,15 @@ class LogNormalTimesteps(UniformTimesteps):
         log_sigma = 0.5 * torch.log((1 - abar) / abar)  # increasing in t
         edges = (log_sigma[1:] + log_sigma[:-1]) / 2
         cdf = 0.5 * (1 + torch.erf((edges - self.p_mean) / (self.p_std * math.sqrt(2.0))))
-        cdf = torch.cat([cdf.new_zeros(1), cdf, cdf.new_ones(1)])
-        self.register_buffer("probs", (cdf[1:] - cdf[:-1]).clamp(min=0), persistent=False)
+        # P(t <= i): the log-normal's CDF at each cell's upper edge, the last cell's edge at +infinity
+        self.register_buffer("cdf", torch.cat([cdf, cdf.new_ones(1)]), persistent=False)
 
     def probabilities(self) -> Tensor:
         """P(t) (T,) float64."""
-        return self.probs
+        return torch.diff(self.cdf, prepend=self.cdf.new_zeros(1)).clamp(min=0)
 
     def sample(self, batch_size: int, device: torch.device) -> tuple[Tensor, Tensor | None]:
-        t = torch.multinomial(self.probs.float().to(device), batch_size, replacement=True)
-        return t, None
+        return inverse_cdf_timesteps(self.cdf, batch_size, device), None
 
 
 def build_timestep_sampler(name: str, num_timesteps: int, loss_aware: dict | None,

@@ -9,7 +9,6 @@ missing or corrupt data set fails with one message that says what to do.
 from __future__ import annotations
 
 import math
-
 from pathlib import Path
 
 import lightning.pytorch as pl
