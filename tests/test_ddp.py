@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -23,11 +25,17 @@ ARGS = ["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "trainer.
         "callbacks.model_checkpoint.every_n_train_steps=5", *QUIET_EVAL, "data.num_workers=0"]
 
 
-def train(tmp_path: Path, *extra: str) -> Path:
+ENV = {**os.environ, "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1"}
+
+
+def command(tmp_path: Path, *extra: str) -> list[str]:
     tmp_path.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, str(ROOT / "train.py"), f"paths.log_dir={tmp_path / 'logs'}", *ARGS, *extra],
-                          cwd=tmp_path, capture_output=True, text=True, env=env, timeout=600)
+    return [sys.executable, str(ROOT / "train.py"), f"paths.log_dir={tmp_path / 'logs'}", *ARGS, *extra]
+
+
+def train(tmp_path: Path, *extra: str) -> Path:
+    proc = subprocess.run(command(tmp_path, *extra), cwd=tmp_path, capture_output=True, text=True, env=ENV,
+                          timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return sorted((tmp_path / "logs" / "train" / "runs").iterdir())[-1] / "checkpoints"
 
@@ -50,6 +58,33 @@ def test_ddp_ranks_draw_independent_noise_and_resume_exactly(tmp_path):
     assert resumed["global_step"] == 10
     for name, value in reference["state_dict"].items():
         assert torch.equal(value, resumed["state_dict"][name]), f"{name} differs after resuming DDP from step 5"
+
+
+def test_sigterm_of_a_two_process_run_stops_both_ranks_at_one_step_and_resumes_exactly(tmp_path):
+    """SIGTERM to the launching process (rank 0: `kill`, or SLURM preempting the job): the ranks agree to stop at
+    the same step, last.ckpt holds it, the exit code is 128 + 15; `ckpt_path=last` then ends with bitwise the
+    weights of an uninterrupted 2-process run, as the loss curve of an uninterrupted run would continue."""
+    steps = ["trainer.max_steps=60", "callbacks.model_checkpoint.every_n_train_steps=10"]
+    reference = load(train(tmp_path / "a", *steps) / "last.ckpt")
+    assert reference["global_step"] == 60
+
+    stopped = subprocess.Popen(command(tmp_path / "b", *steps), cwd=tmp_path / "b", stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE, text=True, env=ENV)
+    deadline = time.time() + 300
+    while time.time() < deadline and not list((tmp_path / "b").rglob("step_0000010.ckpt")):
+        time.sleep(0.05)
+    stopped.send_signal(signal.SIGTERM)
+    stderr = stopped.communicate(timeout=300)[1]
+    assert stopped.returncode == 128 + signal.SIGTERM, stderr[-3000:]
+    assert "interrupted: stopped by SIGTERM" in stderr and "Traceback" not in stderr
+    run = sorted((tmp_path / "b" / "logs" / "train" / "runs").iterdir())[-1]
+    step = load(run / "checkpoints" / "last.ckpt")["global_step"]
+    assert 10 <= step < 60 and json.loads((run / "metrics.json").read_text())["status"] == "interrupted"
+
+    resumed = load(train(tmp_path / "b", *steps, "ckpt_path=last") / "last.ckpt")
+    assert resumed["global_step"] == 60
+    for name, value in reference["state_dict"].items():
+        assert torch.equal(value, resumed["state_dict"][name]), f"{name} differs after resuming DDP from step {step}"
 
 
 def test_ddp_loss_aware_history_holds_the_losses_of_both_ranks(tmp_path):

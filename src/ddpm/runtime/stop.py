@@ -33,6 +33,13 @@ def handler(signum: int, frame: Any) -> None:
           "(send it again to stop at once)", flush=True)
 
 
+def adopt(signum: int) -> None:
+    """A stop asked for by a signal another process received (DDP's ranks stop together): recorded as if this
+    process had received it, unless it already holds one."""
+    if not _received:
+        _received.append(signum)
+
+
 class Interrupted(Exception):
     """A run stopped on a signal with its state saved. `exit_code` = 128 + signal number."""
 
