@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -16,6 +14,7 @@ import torch
 
 from tests.conftest import ROOT
 from tests.helpers import QUIET_EVAL
+from tests.helpers.processes import sigterm_once
 
 pytestmark = pytest.mark.slow
 
@@ -68,15 +67,7 @@ def test_sigterm_of_a_two_process_run_stops_both_ranks_at_one_step_and_resumes_e
     reference = load(train(tmp_path / "a", *steps) / "last.ckpt")
     assert reference["global_step"] == 60
 
-    stopped = subprocess.Popen(command(tmp_path / "b", *steps), cwd=tmp_path / "b", stdout=subprocess.DEVNULL,
-                               stderr=subprocess.PIPE, text=True, env=ENV)
-    deadline = time.time() + 300
-    while time.time() < deadline and not list((tmp_path / "b").rglob("step_0000010.ckpt")):
-        time.sleep(0.05)
-    stopped.send_signal(signal.SIGTERM)
-    stderr = stopped.communicate(timeout=300)[1]
-    assert stopped.returncode == 128 + signal.SIGTERM, stderr[-3000:]
-    assert "interrupted: stopped by SIGTERM" in stderr and "Traceback" not in stderr
+    sigterm_once(command(tmp_path / "b", *steps), tmp_path / "b", ENV, "step_0000010.ckpt")
     run = sorted((tmp_path / "b" / "logs" / "train" / "runs").iterdir())[-1]
     step = load(run / "checkpoints" / "last.ckpt")["global_step"]
     assert 10 <= step < 60 and json.loads((run / "metrics.json").read_text())["status"] == "interrupted"
