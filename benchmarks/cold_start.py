@@ -48,8 +48,8 @@ RATE = re.compile(r"Throughput: median ([0-9.]+) img/s")
 def run_case(name: str, out: Path, steps: int, overrides: list[str]) -> dict:
     cache, extra = CASES[name]
     cmd = [sys.executable, str(ROOT / "train.py"), *MODEL, f"trainer.max_steps={steps}",
-           f"perf.compile_cache_dir={out / 'compile_cache' / cache}", f"paths.output_dir={out / name}", *extra,
-           *overrides]
+           f"perf.compile_cache_dir={out / 'compile_cache' / cache}", f"paths.output_dir={out / name}", *overrides,
+           *extra]  # the case's own switches last: an override such as perf=cpu must not undo them
     began = time.perf_counter()
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env={**os.environ, "PYTHONUNBUFFERED": "1"})

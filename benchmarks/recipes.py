@@ -9,6 +9,10 @@
     # on any machine: score every array with fd_resnet (all checkpoints) and Inception FID (the last ones), write
     # OUT/table.md and OUT/fid_vs_seconds.png
     python benchmarks/recipes.py score OUT [OUT ...] --inception
+    # the same comparison on a 2-core CPU: the default run's model and data (digits), --budget 120
+    python benchmarks/recipes.py train --preset digits-cpu --recipes ddpm,min_snr,edm --budget 120 \
+        --ckpt-every 1000 --out OUT && python benchmarks/recipes.py sample --out OUT && \
+        python benchmarks/recipes.py score OUT --data digits
 
 The run's wall clock per checkpoint is the checkpoint file's write time since the process started, so the plot's
 x-axis includes start-up and compilation. The model is the one the issue names: Fashion-MNIST zero-padded to 32x32,
@@ -32,10 +36,12 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
+RUN = ["logger=csv", "~callbacks.sample_eval", "callbacks.progress_bar.refresh_rate=0", "trainer.max_steps=-1",
+       "trainer.val_check_interval=100000000", "+trainer.limit_val_batches=0"]  # training only, until the clock
 MODEL = ["data=fashion_mnist", "model=unet_small", "model.channel_mult=[1,2,2,2]", "model.base_channels=64",
-         "data.batch_size=128", "trainer=gpu", "perf=auto", "logger=csv", "~callbacks.sample_eval",
-         "callbacks.progress_bar.refresh_rate=0", "trainer.max_steps=-1", "trainer.val_check_interval=100000000",
-         "+trainer.limit_val_batches=0"]
+         "data.batch_size=128", "trainer=gpu", "perf=auto", *RUN]
+# --preset: the issue's GPU model, or the default run's model and data on a CPU (python train.py's, 2 cores)
+PRESETS = {"fmnist-gpu": MODEL, "digits-cpu": ["data=digits", *RUN]}
 STARTUP = re.compile(r"start-up: (.*)")
 RATE = re.compile(r"Throughput: median ([0-9.]+) img/s")
 
@@ -49,7 +55,7 @@ def train(args: argparse.Namespace) -> None:
         for seed in (int(s) for s in args.seeds.split(",")):
             name = f"{recipe}-s{seed}"
             run_dir = out / name
-            cmd = [sys.executable, str(ROOT / "train.py"), *MODEL, f"objective={recipe}", f"seed={seed}",
+            cmd = [sys.executable, str(ROOT / "train.py"), *PRESETS[args.preset], f"objective={recipe}", f"seed={seed}",
                    f"+trainer.max_time=00:{budget}",
                    f"callbacks.model_checkpoint.every_n_train_steps={args.ckpt_every}",
                    f"paths.output_dir={run_dir}", f"perf.compile_cache_dir={out / 'compile_cache' / name}",
@@ -157,9 +163,11 @@ def score(args: argparse.Namespace) -> None:
     (out / "table.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     fig, ax = plt.subplots(figsize=(6, 4))
+    colors = {r: f"C{i}" for i, r in enumerate(by_recipe)}  # one colour per recipe, one line style per seed
     for name, run in runs.items():
         pts = sorted((secs, scores[f"{name}/{c}"]["fd_resnet"]) for c, secs in run["checkpoints"].items())
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=name)
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=name, color=colors[run["recipe"]],
+                linestyle=["-", "--", ":", "-."][run["seed"] % 4])
     ax.set(xlabel="wall-clock seconds since the process started", ylabel="fd_resnet (2000 EMA samples)",
            yscale="log", title="Recipes at equal wall-clock")
     ax.legend(fontsize=7)
@@ -178,6 +186,7 @@ def main(argv: list[str]) -> None:
     t.add_argument("--budget", type=int, default=240, help="seconds of +trainer.max_time per run")
     t.add_argument("--ckpt-every", type=int, default=2500, help="optimizer steps between checkpoints")
     t.add_argument("--out", required=True)
+    t.add_argument("--preset", choices=sorted(PRESETS), default="fmnist-gpu")
     s = sub.add_parser("sample")
     s.add_argument("--out", required=True)
     s.add_argument("--samples", type=int, default=2000)
