@@ -3,7 +3,8 @@ evaluation (eval.py over the same GPUs), each against one GPU measured by the sa
 
     # training: unet_small and unet_base, batch 128 per GPU, bf16, the execution plan on (perf=auto), synthetic
     # 32x32x3 data (no loader in the way); 1 GPU runs trainer=gpu, N > 1 trainer=ddp trainer.devices=N
-    python3 benchmarks/scaling.py train --gpus 1,2,4 --models unet_small,unet_base --steps 600 --out OUT [-- OVR]
+    python3 benchmarks/scaling.py train --gpus 1,2,4 --models unet_small,unet_base --scopes model,regional \
+        --steps 600 --out OUT [-- OVERRIDES]
     # evaluation: eval.py on CKPT with n_samples images (FID as the checkpoint's data says) on 1, 2, ... GPUs;
     # sampling seconds from metrics.json (warm-up, i.e. compilation and CUDA graph capture, reported apart)
     python3 benchmarks/scaling.py sample CKPT --gpus 1,2,4 --n 50000 --out OUT [-- OVERRIDES]
@@ -53,20 +54,29 @@ def train(args: argparse.Namespace) -> None:
     out.mkdir(parents=True, exist_ok=True)
     rows = []
     for model in args.models.split(","):
-        for gpus in args.gpus:
-            name = f"{model}-{gpus}gpu"
-            cmd = [sys.executable, str(ROOT / "train.py"), f"model={model}", *TRAIN, *trainer_for(gpus),
-                   f"trainer.max_steps={args.steps}", f"paths.output_dir={out / name}", *args.overrides]
-            began = time.perf_counter()
-            rates = [float(r) for r in RATE.findall(launch(cmd, out / f"{name}.log"))]
-            if not rates:
-                raise SystemExit(f"{name}: no Throughput line (too few steps for a window?)")
-            rows.append({"model": model, "gpus": gpus, "img_per_s": rates[-1],
-                         "ms_per_step": round(1000 * BATCH * gpus / rates[-1], 2),
-                         "wall_s": round(time.perf_counter() - began, 1), "command": " ".join(cmd[1:])})
-            print(json.dumps(rows[-1]), flush=True)
-            (out / "train.json").write_text(json.dumps(rows, indent=1))
-    print(table(rows, "img_per_s", ["model"]))
+        for scope in args.scopes.split(","):
+            for gpus in args.gpus:
+                name = f"{model}-{scope}-{gpus}gpu"
+                cmd = [sys.executable, str(ROOT / "train.py"), f"model={model}", *TRAIN, *trainer_for(gpus),
+                       f"perf.compile_scope={scope}", f"trainer.max_steps={args.steps}",
+                       f"paths.output_dir={out / name}", *args.overrides]
+                rows.append(measure(cmd, out / f"{name}.log", model, scope, gpus))
+                (out / "train.json").write_text(json.dumps(rows, indent=1))
+    print(table(rows, "img_per_s", ["model", "scope"]))
+
+
+def measure(cmd: list[str], log: Path, model: str, scope: str, gpus: int) -> dict:
+    """One training run's median img/s (every rank's images) and the milliseconds of one optimizer step."""
+    began = time.perf_counter()
+    rates = [float(r) for r in RATE.findall(launch(cmd, log))]
+    if not rates:
+        raise SystemExit(f"{log.stem}: no Throughput line (too few steps for a window?)")
+    batch = int([a for a in cmd if a.startswith("data.batch_size=")][-1].split("=")[1])  # an override's, if any
+    row = {"model": model, "scope": scope, "gpus": gpus, "img_per_s": rates[-1],
+           "ms_per_step": round(1000 * batch * gpus / rates[-1], 2), "wall_s": round(time.perf_counter() - began, 1),
+           "command": " ".join(cmd[1:])}
+    print(json.dumps(row), flush=True)
+    return row
 
 
 def sample(args: argparse.Namespace) -> None:
@@ -113,6 +123,9 @@ def main(argv: list[str]) -> None:
     t.add_argument("--gpus", **gpus)
     t.add_argument("--models", default="unet_small,unet_base")
     t.add_argument("--steps", type=int, default=600, help="optimizer steps per run (Throughput: windows of 50)")
+    t.add_argument("--scopes", default="model,regional",
+                   help="perf.compile_scope values: a whole-model graph returns every gradient at the end of its "
+                        "backward, so DDP's all-reduce cannot overlap it; regional graphs return them block by block")
     t.add_argument("--out", required=True)
     s = sub.add_parser("sample")
     s.add_argument("ckpt")
