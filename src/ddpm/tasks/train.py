@@ -246,7 +246,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         logger.finalize("success" if signum is None else "aborted")
     if trainer.is_global_zero:  # one record of the run, whichever rank ends last
         write_metrics(output_dir, {"step": trainer.global_step, **metrics},
-                      "success" if signum is None else "interrupted")
+                          "success" if signum is None else "interrupted")
     if signum is not None:
         raise stop.Interrupted(signum, trainer.global_step)
     return metrics

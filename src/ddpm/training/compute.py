@@ -1,8 +1,7 @@
 """Compute: training throughput (`Throughput`), what start-up costs (`StartupReport`), and quality against
-compute. Every evaluation of a run records
-the images seen and the training seconds beside its metrics (logged as val/images_seen and val/train_seconds,
-W&B x-axes) and appends them to the run's `evaluations.jsonl`, which the sweep summary plots for every job, so
-"which recipe is better at equal compute" is one multirun."""
+compute. Every evaluation of a run records the images seen and the training seconds beside its metrics (logged as
+val/images_seen and val/train_seconds, W&B x-axes) and appends them to the run's `evaluations.jsonl`, which the
+sweep summary plots for every job, so "which recipe is better at equal compute" is one multirun."""
 
 from __future__ import annotations
 
